@@ -1,0 +1,3 @@
+from scoretut.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Denoisers ``D(x; σ)`` and conversions between the ways a network can be parametrised.
+
+Karras et al. (2022, Eq. 7) write every diffusion model as a denoiser of the rescaled variable
+``x̂ = x_t / s(t)`` at noise level ``σ = σ(t)``; Tweedie's formula ties it to the score:
+
+.. math::  \\nabla_x \\log p_t(x) = \\frac{s(t)\\,D(x/s(t);\\,\\sigma(t)) - x}{s(t)^2\\,\\sigma(t)^2}.
+
+:class:`EDMPrecond` wraps a raw network ``F`` with the preconditioning of Karras et al.
+(2022, Table 1, Eq. 7):
+
+.. math::  D(x̂;σ) = c_\\text{skip}(σ)\\,x̂ + c_\\text{out}(σ)\\,F\\big(c_\\text{in}(σ)\\,x̂,\\; c_\\text{noise}(σ)\\big),
+
+``c_skip = σ_d²/(σ²+σ_d²)``, ``c_out = σσ_d/√(σ²+σ_d²)``, ``c_in = 1/√(σ²+σ_d²)``,
+``c_noise = ¼ ln σ``.
+
+The conversions below use the VP-style notation ``x_t = α x_0 + σ_t ε`` with ``α = s(t)`` and
+``σ_t = std(t)``; ``v = α ε − σ_t x_0`` (Salimans & Ho 2022) assumes ``α² + σ_t² = 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scoretut.sde import SDE, ScoreFn, as_time, bcast
+
+
+def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(c_skip, c_out, c_in, c_noise)`` of Karras et al. (2022), Table 1, at noise level σ."""
+    sigma = torch.as_tensor(sigma)
+    total = sigma**2 + sigma_data**2
+    c_skip = sigma_data**2 / total
+    c_out = sigma * sigma_data / total.sqrt()
+    c_in = 1 / total.sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class EDMPrecond(nn.Module):
+    """``D(x̂; σ) = c_skip x̂ + c_out F(c_in x̂, c_noise)`` around a network ``F(x, c_noise)``.
+
+    ``x̂`` has shape ``(batch, *dims)`` and ``sigma`` shape ``(batch,)``.
+    """
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        self.net, self.sigma_data = net, float(sigma_data)
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        sigma = as_time(sigma, x)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        F = self.net(bcast(c_in, x) * x, c_noise, **cond)
+        return bcast(c_skip, x) * x + bcast(c_out, x) * F
+
+
+def score_from_denoiser(sde: SDE, denoiser: nn.Module) -> ScoreFn:
+    """Score ``∇log p_t(x) = (s D(x/s; σ) − x) / (s² σ²)`` of ``sde`` from a denoiser."""
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        t = as_time(t, x)
+        s, sigma = bcast(sde.scale(t), x), sde.sigma(t)
+        return (s * denoiser(x / s, sigma) - x) / (s**2 * bcast(sigma, x) ** 2)
+
+    return score_fn
+
+
+def denoiser_from_score(sde: SDE, score_fn: ScoreFn, x_hat: Tensor, t: Tensor) -> Tensor:
+    """Tweedie: ``D(x̂; σ(t)) = x̂ + σ² · s · ∇log p_t(s x̂)`` (inverse of :func:`score_from_denoiser`)."""
+    t = as_time(t, x_hat)
+    s, sigma = bcast(sde.scale(t), x_hat), bcast(sde.sigma(t), x_hat)
+    return x_hat + sigma**2 * s * score_fn(s * x_hat, t)
+
+
+# -- ε / x₀ / v / score conversions at one time t, for x_t = α x₀ + σ_t ε -----------------------
+def eps_to_score(eps: Tensor, std: Tensor) -> Tensor:
+    """``∇log p_t = −ε/σ_t``."""
+    return -eps / bcast(std, eps)
+
+
+def score_to_eps(score: Tensor, std: Tensor) -> Tensor:
+    """``ε = −σ_t ∇log p_t``."""
+    return -score * bcast(std, score)
+
+
+def x0_from_eps(x_t: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """``x₀ = (x_t − σ_t ε)/α``."""
+    return (x_t - bcast(std, x_t) * eps) / bcast(alpha, x_t)
+
+
+def eps_from_x0(x_t: Tensor, x0: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """``ε = (x_t − α x₀)/σ_t``."""
+    return (x_t - bcast(alpha, x_t) * x0) / bcast(std, x_t)
+
+
+def v_from_eps_x0(eps: Tensor, x0: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """``v = α ε − σ_t x₀`` (Salimans & Ho 2022, Sec. 4)."""
+    return bcast(alpha, eps) * eps - bcast(std, eps) * x0
+
+
+def eps_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """``ε = σ_t x_t + α v`` (needs ``α² + σ_t² = 1``)."""
+    return bcast(std, x_t) * x_t + bcast(alpha, x_t) * v
+
+
+def x0_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """``x₀ = α x_t − σ_t v`` (needs ``α² + σ_t² = 1``)."""
+    return bcast(alpha, x_t) * x_t - bcast(std, x_t) * v

@@ -1,0 +1,274 @@
+"""Samplers for the reverse process, all with one signature and all Python generators.
+
+Every sampler is called as ::
+
+    sampler(sde, score_fn, x, ts, *, generator=None, **options)
+
+with ``x`` the starting state at time ``ts[0]`` (usually ``sde.prior_sampling(shape)``) and
+``ts`` a decreasing 1-D tensor of times from ``ts[0]`` (≈ ``T``) down to ``ts[-1]`` (≈ ``eps``,
+or ``0`` for :class:`~scoretut.sde.EDMSDE`). Each sampler *yields* a :class:`Step` after every
+update — the first yield is the starting state — so a chapter can record a trajectory (or build
+widget frames) with a plain ``for`` loop, and :func:`sample` just keeps the last state.
+
+Build time grids with :func:`timesteps`: ``uniform`` in ``t`` (Song et al. 2021) or the
+``karras`` grid in ``σ`` with ``ρ = 7`` (Karras et al. 2022, Eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+from torch import Tensor
+
+from scoretut.config import UsageError
+from scoretut.sde import SDE, EDMSDE, ScoreFn, as_time, bcast
+
+
+class Step(NamedTuple):
+    """One state of a sampling trajectory: step index ``i``, time ``t``, state ``x``."""
+
+    i: int
+    t: float
+    x: Tensor
+
+
+Sampler = Callable[..., Iterator[Step]]
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """``σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ``, ``i = 0..n−1`` (Karras Eq. 5)."""
+    if n < 2:
+        raise UsageError("a Karras grid needs at least 2 noise levels; raise the number of steps")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: float | None = None) -> Tensor:
+    """A decreasing grid of ``n + 1`` times for ``n`` sampler steps.
+
+    ``uniform``: ``linspace(T, eps, n+1)``. ``karras``: ``n`` noise levels from ``σ(T)`` to
+    ``σ(eps)`` spaced as in Karras et al. (2022, Eq. 5), mapped back to times with
+    ``sde.t_from_sigma``. For :class:`~scoretut.sde.EDMSDE` the grid is ``n`` noise levels followed
+    by ``t = 0``, where one Euler step lands exactly on the denoiser output (Karras et al. 2022).
+    """
+    if n < 1:
+        raise UsageError(f"the number of sampler steps must be positive, got {n}")
+    t_end = sde.eps if t_end is None else t_end
+    if kind == "uniform":
+        return torch.linspace(sde.T, t_end, n + 1, dtype=torch.float64)
+    if kind == "karras":
+        s_hi = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64)))
+        s_lo = float(sde.sigma(torch.tensor(t_end, dtype=torch.float64)))
+        if isinstance(sde, EDMSDE):  # n noise levels, then the exact jump to σ = 0
+            if n == 1:
+                return torch.tensor([sde.T, 0.0], dtype=torch.float64)
+            ts = karras_sigmas(n, s_lo, s_hi, rho)
+            return torch.cat([ts, ts.new_zeros(1)])
+        ts = sde.t_from_sigma(karras_sigmas(n + 1, s_lo, s_hi, rho)).to(torch.float64)
+        ts[0], ts[-1] = sde.T, t_end
+        return ts
+    raise UsageError(f"unknown time grid {kind!r}; use 'uniform' or 'karras'")
+
+
+# -- stochastic samplers ----------------------------------------------------------------------
+def _reverse_em_step(rev, x: Tensor, t: float, h: float, add_noise: bool, generator) -> Tensor:
+    """One Euler–Maruyama step of the reverse SDE ``rev`` from ``t`` to ``t + h`` (``h < 0``)."""
+    drift, g = rev.sde(x, t)
+    x = x + drift * h
+    if add_noise:
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + bcast(g, x) * math.sqrt(-h) * z
+    return x
+
+
+def euler_maruyama(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=None, denoise_last: bool = True
+) -> Iterator[Step]:
+    """Euler–Maruyama on the reverse SDE: ``x ← x − [f − g² ∇log p] |h| + g √|h| z``.
+
+    With ``denoise_last`` the final step adds no noise (it returns the step's mean), as in
+    Song et al. (2021, App. G).
+    """
+    yield from predictor_corrector(
+        sde, score_fn, x, ts, generator=generator, n_corrector=0, denoise_last=denoise_last
+    )
+
+
+def langevin_correct(
+    score_fn: ScoreFn, x: Tensor, t: Tensor, snr: float, n_steps: int, generator=None
+) -> Tensor:
+    """Langevin corrector with a target signal-to-noise ratio (Song et al. 2021, Alg. 5).
+
+    ``ε = 2 (snr ‖z‖ / ‖∇log p‖)²`` with both norms averaged over the batch, then
+    ``x ← x + ε ∇log p + √(2ε) z``. (A per-sample step size would explode at points where the
+    score nearly vanishes, e.g. at a mode in low dimension.)
+    """
+    for _ in range(n_steps):
+        grad = score_fn(x, t)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        grad_norm = grad.flatten(1).norm(dim=1).mean().clamp_min(1e-12)
+        noise_norm = z.flatten(1).norm(dim=1).mean()
+        eps = 2 * (snr * noise_norm / grad_norm) ** 2
+        x = x + eps * grad + torch.sqrt(2 * eps) * z
+    return x
+
+
+def predictor_corrector(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator=None,
+    snr: float = 0.16,
+    n_corrector: int = 1,
+    denoise_last: bool = True,
+) -> Iterator[Step]:
+    """Predictor–corrector sampling (Song et al. 2021, Alg. 1): at each time, ``n_corrector``
+    Langevin corrector steps at the current ``t``, then one reverse-SDE Euler–Maruyama step."""
+    rev = sde.reverse(score_fn)
+    yield Step(0, float(ts[0]), x)
+    for i in range(len(ts) - 1):
+        t, h = float(ts[i]), float(ts[i + 1] - ts[i])
+        if n_corrector:
+            x = langevin_correct(score_fn, x, as_time(t, x), snr, n_corrector, generator)
+        last = i == len(ts) - 2
+        x = _reverse_em_step(rev, x, t, h, not (denoise_last and last), generator)
+        yield Step(i + 1, float(ts[i + 1]), x)
+
+
+# -- probability-flow ODE samplers -------------------------------------------------------------
+def _velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, float], Tensor]:
+    """``dx/dt = f(x, t) − ½ g(t)² ∇log p_t(x)`` (probability-flow ODE, Song et al. 2021 Eq. 13)."""
+    rev = sde.reverse(score_fn, probability_flow=True)
+    return lambda x, t: rev.sde(x, t)[0]
+
+
+def ode_euler(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=None) -> Iterator[Step]:
+    """Explicit Euler on the probability-flow ODE (first order; one evaluation per step)."""
+    v = _velocity(sde, score_fn)
+    yield Step(0, float(ts[0]), x)
+    for i in range(len(ts) - 1):
+        t, h = float(ts[i]), float(ts[i + 1] - ts[i])
+        x = x + h * v(x, t)
+        yield Step(i + 1, float(ts[i + 1]), x)
+
+
+def ode_heun(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=None) -> Iterator[Step]:
+    """Heun's method (explicit trapezoid) on the probability-flow ODE — second order.
+
+    ``x' = x + h v(x, t)``, then ``x ← x + h/2 (v(x, t) + v(x', t + h))``. A step that ends at
+    ``t = 0`` stays an Euler step, because ``v`` is singular there (Karras et al. 2022, Alg. 1):
+    ``n`` steps cost ``2n − 1`` evaluations on an EDM grid and ``2n`` otherwise.
+    """
+    v = _velocity(sde, score_fn)
+    yield Step(0, float(ts[0]), x)
+    for i in range(len(ts) - 1):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        h = t_next - t
+        d = v(x, t)
+        x_euler = x + h * d
+        x = x_euler if t_next <= 0 else x + 0.5 * h * (d + v(x_euler, t_next))
+        yield Step(i + 1, t_next, x)
+
+
+# Dormand–Prince 5(4) tableau (Dormand & Prince 1980), FSAL.
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DP_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_DP_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+
+
+def ode_rk45(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator=None,
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+    h0: float | None = None,
+    max_steps: int = 10_000,
+) -> Iterator[Step]:
+    """Adaptive Dormand–Prince 5(4) on the probability-flow ODE from ``ts[0]`` to ``ts[-1]``.
+
+    Only the endpoints of ``ts`` are used; the step size follows the embedded error estimate
+    (RMS over all elements of the batch, scaled by ``atol + rtol·|x|``), as in
+    ``scipy.integrate.RK45``, which Song et al. (2021) used. Yields every accepted step; the
+    number of score evaluations is about ``6 × accepted + 6 × rejected`` (+1).
+    """
+    v = _velocity(sde, score_fn)
+    t, t_end = float(ts[0]), float(ts[-1])
+    span = t_end - t
+    h = h0 if h0 is not None else span / 20
+    k1 = v(x, t)
+    i = 0
+    yield Step(0, t, x)
+    while (t - t_end) * math.copysign(1, span) < 0:
+        if i >= max_steps:
+            raise RuntimeError(f"ode_rk45 took more than {max_steps} steps; loosen rtol/atol")
+        if (t + h - t_end) * math.copysign(1, span) > 0:
+            h = t_end - t
+        ks = [k1]
+        for c, a in zip(_DP_C[1:], _DP_A[1:]):
+            xi = x + h * sum(aj * kj for aj, kj in zip(a, ks) if aj != 0.0)
+            ks.append(v(xi, t + c * h))
+        x5 = x + h * sum(b * k for b, k in zip(_DP_B5, ks) if b != 0.0)
+        err = h * sum((b5 - b4) * k for b5, b4, k in zip(_DP_B5, _DP_B4, ks))
+        scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
+        err_norm = float((err / scale).pow(2).mean().sqrt())
+        if err_norm <= 1.0:
+            t, x, k1 = t + h, x5, ks[-1]  # FSAL: the 7th stage is v at the new point
+            i += 1
+            yield Step(i, t, x)
+        factor = 0.9 * err_norm ** (-1 / 5) if err_norm > 0 else 5.0
+        h *= min(5.0, max(0.2, factor))
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "em": euler_maruyama,
+    "pc": predictor_corrector,
+    "ode_euler": ode_euler,
+    "ode_heun": ode_heun,
+    "ode_rk45": ode_rk45,
+}
+
+
+def get_sampler(name: str) -> Sampler:
+    """Look a sampler up by name, with an error that lists the valid names."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise UsageError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}") from None
+
+
+def sample(sampler: Sampler | str, sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **options) -> Tensor:
+    """Run ``sampler`` to the end and return the final state (no trajectory is kept)."""
+    sampler = get_sampler(sampler) if isinstance(sampler, str) else sampler
+    with torch.no_grad():
+        for step in sampler(sde, score_fn, x, ts, **options):
+            x = step.x
+    return x
+
+
+class CountingScore:
+    """Wrap a score function and count network evaluations (NFE), one per batched call."""
+
+    def __init__(self, score_fn: ScoreFn):
+        self.score_fn, self.nfe = score_fn, 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)

@@ -1,0 +1,146 @@
+"""Samplers driven by the exact score of Gaussian data must recover that Gaussian."""
+
+import math
+
+import pytest
+import torch
+
+from gaussian import MEAN, exact_flow, exact_score, w2_to_data
+from scoretut.config import UsageError
+from scoretut.samplers import (
+    SAMPLERS,
+    CountingScore,
+    get_sampler,
+    karras_sigmas,
+    ode_euler,
+    ode_heun,
+    ode_rk45,
+    sample,
+    timesteps,
+)
+from scoretut.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
+
+N = 50_000
+
+
+def run(name, sde, n_steps, kind="uniform", n=N, seed=0, **opts):
+    gen = torch.Generator().manual_seed(seed)
+    x = sde.prior_sampling((n, 2), generator=gen, dtype=torch.float64)
+    ts = timesteps(sde, n_steps, kind)
+    return sample(name, sde, exact_score(sde), x, ts, generator=gen, **opts)
+
+
+@pytest.mark.parametrize(
+    "name,sde,steps,kind",
+    [
+        ("em", VPSDE(), 1000, "uniform"),
+        ("em", VESDE(), 1000, "uniform"),
+        ("pc", VPSDE(), 500, "uniform"),  # snr 0.08 below: the corrector's bias grows with snr
+        ("pc", VESDE(), 500, "uniform"),
+        ("ode_euler", VPSDE(), 500, "uniform"),
+        ("ode_heun", VPSDE(), 50, "uniform"),
+        ("ode_heun", SubVPSDE(), 50, "uniform"),
+        ("ode_heun", EDMSDE(sigma_max=80.0), 64, "karras"),
+        ("ode_rk45", VPSDE(), 1, "uniform"),
+        # The ODE keeps the prior's error: N(0, σ_max²) misses the data mean m by |C^½ m|/σ_max
+        # at the end (≈ 0.025 for σ_max = 50), so the deterministic VE test uses σ_max = 100.
+        ("ode_rk45", VESDE(sigma_max=100.0), 1, "uniform"),
+    ],
+)
+def test_sampler_recovers_gaussian(name, sde, steps, kind):
+    x = run(name, sde, steps, kind, **({"snr": 0.08} if name == "pc" else {}))
+    assert torch.isfinite(x).all()
+    assert w2_to_data(x) <= 0.02, (name, sde)
+
+
+def test_every_registered_sampler_is_covered():
+    covered = {"em", "pc", "ode_euler", "ode_heun", "ode_rk45"}
+    assert covered == set(SAMPLERS)
+
+
+def test_em_error_shrinks_with_steps():
+    errs = [w2_to_data(run("em", VPSDE(), n)) for n in (10, 40, 160)]
+    assert errs[0] > errs[1] > errs[2], errs
+
+
+def flow_error(sampler, sde, n_steps, x_T):
+    ts = timesteps(sde, n_steps)
+    x = sample(sampler, sde, exact_score(sde), x_T, ts)
+    return (x - exact_flow(sde, x_T, sde.T, sde.eps)).norm(dim=1).mean().item()
+
+
+def observed_order(sampler, sde, steps=(8, 16, 32)):
+    x_T = sde.prior_sampling((2000, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    errs = [flow_error(sampler, sde, n, x_T) for n in steps]
+    return [math.log2(a / b) for a, b in zip(errs, errs[1:])], errs
+
+
+def test_ode_orders_euler_first_heun_second():
+    sde = VPSDE()
+    euler, e_err = observed_order(ode_euler, sde)
+    heun, h_err = observed_order(ode_heun, sde, steps=(16, 32, 64))
+    assert all(0.7 < p < 1.4 for p in euler), (euler, e_err)
+    assert all(p > 1.7 for p in heun), (heun, h_err)
+    assert h_err[0] < e_err[1]  # Heun at 16 steps (32 NFE) beats Euler at 16 steps
+
+
+def test_heun_on_edm_grid_converges_at_second_order():
+    sde = EDMSDE(sigma_max=80.0)
+    x_T = sde.prior_sampling((2000, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    target = exact_flow(sde, x_T, sde.T, 0.0)
+    errs = []
+    for n in (16, 32, 64):
+        x = sample(ode_heun, sde, exact_score(sde), x_T, timesteps(sde, n, "karras"))
+        errs.append((x - target).norm(dim=1).mean().item())
+    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+    assert all(p > 1.7 for p in orders), (orders, errs)
+
+
+def test_rk45_tolerance_controls_error_and_nfe():
+    sde = VPSDE()
+    x_T = sde.prior_sampling((2000, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    target = exact_flow(sde, x_T, sde.T, sde.eps)
+    results = []
+    for tol in (1e-3, 1e-6):
+        score = CountingScore(exact_score(sde))
+        x = sample(ode_rk45, sde, score, x_T, timesteps(sde, 1), rtol=tol, atol=tol)
+        results.append(((x - target).abs().max().item(), score.nfe))
+    (err_loose, nfe_loose), (err_tight, nfe_tight) = results
+    assert err_tight < 1e-4 and err_tight < err_loose and nfe_tight > nfe_loose, results
+
+
+def test_generators_yield_every_step_with_times():
+    sde = VPSDE()
+    x = torch.zeros(4, 2)
+    ts = timesteps(sde, 5)
+    steps = list(get_sampler("pc")(sde, exact_score(sde), x, ts, generator=torch.Generator().manual_seed(0)))
+    assert [s.i for s in steps] == list(range(6))
+    assert [s.t for s in steps] == pytest.approx(ts.tolist())
+    assert torch.equal(steps[0].x, x)
+
+
+def test_nfe_budgets():
+    for name, per_step in [("em", 1), ("pc", 2), ("ode_euler", 1), ("ode_heun", 2)]:
+        score = CountingScore(exact_score(VPSDE()))
+        sample(name, VPSDE(), score, torch.zeros(3, 2), timesteps(VPSDE(), 10))
+        assert score.nfe == 10 * per_step, name
+    score = CountingScore(exact_score(EDMSDE()))
+    sample("ode_heun", EDMSDE(), score, torch.zeros(3, 2), timesteps(EDMSDE(), 18, "karras"))
+    assert score.nfe == 35  # Karras et al.: N levels cost 2N − 1 evaluations
+
+
+def test_karras_sigmas_endpoints_and_spacing():
+    s = karras_sigmas(18, 0.002, 80.0, 7.0)
+    assert s[0].item() == pytest.approx(80.0) and s[-1].item() == pytest.approx(0.002)
+    assert torch.all(s[1:] < s[:-1])
+    ts = timesteps(VPSDE(), 10, "karras")
+    assert ts[0].item() == pytest.approx(1.0) and ts[-1].item() == pytest.approx(1e-3)
+
+
+def test_bad_names_and_steps():
+    with pytest.raises(UsageError, match="choose one of"):
+        get_sampler("nope")
+    with pytest.raises(UsageError, match="positive"):
+        timesteps(VPSDE(), 0)
+    with pytest.raises(UsageError, match="uniform"):
+        timesteps(VPSDE(), 3, "cubic")
