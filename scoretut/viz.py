@@ -1,0 +1,360 @@
+"""Precomputed, kernel-free animation widgets for the book.
+
+The book is a static site, so an "interactive" figure is a stack of PNG frames computed
+while the chapter executes, plus widgets wired together **in the browser** with
+:func:`ipywidgets.jslink` (no Python callbacks, so no kernel is needed)::
+
+    Play ──jslink── IntSlider ──jslink── Stack([Image, Image, ...]).selected_index
+                              └─jslink── Stack([HTML("t = 0.00"), ...]).selected_index
+
+myst-nb stores the widget state in the page and the vendored html-manager renders it.
+
+Typical use in a chapter::
+
+    from scoretut import viz
+    frames = viz.point_cloud_frames(clouds, titles=[f"t = {t:.2f}" for t in ts])
+    viz.frames_widget(frames, labels=[f"t = {t:.2f}" for t in ts])
+
+Everything here uses a fixed figure size and dpi (never ``bbox_inches="tight"``), so all
+frames of a widget have the same pixel size, and PNGs are palette-quantized so a 30-frame
+widget stays a few hundred kB in the page.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+from ipywidgets.widgets.widget_link import Link
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "DPI",
+    "FIGSIZE",
+    "MARGINS",
+    "PNG_MAGIC",
+    "FramePlayer",
+    "fig_to_png",
+    "frames_widget",
+    "new_figure",
+    "point_cloud_frames",
+    "render_frames",
+    "shared_limits",
+    "vector_field_frames",
+]
+
+#: Dots per inch of every frame; with :data:`FIGSIZE` this gives 288x288 px frames.
+DPI = 80
+#: Default frame size in inches.
+FIGSIZE = (3.6, 3.6)
+#: First eight bytes of every PNG file.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: Colors kept when a frame is palette-quantized (plots use few colors; 64 is plenty).
+PNG_COLORS = 64
+
+Limits = tuple[tuple[float, float], tuple[float, float]]
+
+
+#: Default margins (figure fractions) around the axes of a frame.
+MARGINS = {"left": 0.13, "right": 0.96, "bottom": 0.1, "top": 0.9}
+
+
+def new_figure(
+    figsize: tuple[float, float] = FIGSIZE, margins: dict[str, float] | None = None
+) -> tuple[Figure, Axes]:
+    """Return a figure and axes that are not registered with pyplot.
+
+    Such figures never show up as a stray inline output in a notebook and need no
+    ``plt.close``; they are freed when garbage collected. ``margins`` updates
+    :data:`MARGINS` (keys of :meth:`Figure.subplots_adjust`), e.g. ``{"right": 0.85}`` to
+    make room for a twin axis.
+    """
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    # Fixed margins instead of a layout engine: every frame gets the same axes box, and
+    # constrained/tight layout would cost more than the drawing itself.
+    fig.subplots_adjust(**{**MARGINS, **(margins or {})})
+    return fig, fig.add_subplot()
+
+
+def _png_bytes(fig: Figure, dpi: int, quantize: bool) -> bytes:
+    buf = io.BytesIO()
+    # No "Software" metadata: identical figures give identical bytes, whatever matplotlib version.
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    if not quantize:
+        return buf.getvalue()
+    from PIL import Image  # Pillow is a matplotlib dependency
+
+    buf.seek(0)
+    with Image.open(buf) as img:
+        rgb = img.convert("RGB")
+    pal = rgb.quantize(colors=PNG_COLORS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    pal.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def fig_to_png(fig: Figure, dpi: int = DPI, *, quantize: bool = True) -> bytes:
+    """Render ``fig`` to PNG bytes at a fixed ``dpi`` and close it.
+
+    Works for pyplot figures (they are closed with ``plt.close``) and for figures from
+    :func:`new_figure`. ``quantize`` reduces the image to a small palette, which makes plot
+    PNGs several times smaller with no visible change.
+    """
+    png = _png_bytes(fig, dpi, quantize)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # no-op for figures that pyplot does not manage
+    return png
+
+
+def render_frames(
+    draw: Callable[[Axes, int], Any],
+    n_frames: int,
+    *,
+    figsize: tuple[float, float] = FIGSIZE,
+    dpi: int = DPI,
+    clear: bool = True,
+    margins: dict[str, float] | None = None,
+) -> list[bytes]:
+    """Call ``draw(ax, i)`` for ``i in range(n_frames)`` and return one PNG per call.
+
+    One figure is reused for all frames, so the frames share pixel size. With ``clear``
+    (the default) the axes are cleared before each call and ``draw`` sets everything it
+    needs (limits, title, labels). With ``clear=False`` the axes persist: ``draw`` creates
+    its artists when ``i == 0`` and only updates their data afterwards, which is several
+    times faster for long animations (and is needed for anything ``ax.clear()`` does not
+    remove, such as a ``twinx`` axis). ``margins`` is passed to :func:`new_figure`.
+    """
+    if n_frames < 1:
+        raise ValueError("render_frames needs at least one frame")
+    fig, ax = new_figure(figsize, margins)
+    frames = []
+    for i in range(n_frames):
+        if clear:
+            ax.clear()
+        draw(ax, i)
+        frames.append(_png_bytes(fig, dpi, quantize=True))
+    return frames
+
+
+def shared_limits(arrays: Sequence[np.ndarray], pad: float = 0.05, quantile: float = 1.0) -> Limits:
+    """Axis limits ``((xmin, xmax), (ymin, ymax))`` covering every ``(n, 2)`` array.
+
+    ``quantile < 1`` ignores the most extreme points (useful when a few samples explode);
+    ``pad`` widens each range by that fraction of its length.
+    """
+    pts = np.concatenate([np.asarray(a, dtype=float).reshape(-1, 2) for a in arrays])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return (-1.0, 1.0), (-1.0, 1.0)
+    lo = np.quantile(pts, 1.0 - quantile, axis=0)
+    hi = np.quantile(pts, quantile, axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad * span, hi + pad * span
+    return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
+
+
+def _titles(titles: Sequence[str] | None, n: int) -> list[str]:
+    if titles is None:
+        return [f"frame {i + 1}/{n}" for i in range(n)]
+    if len(titles) != n:
+        raise ValueError(f"got {len(titles)} titles for {n} frames")
+    return list(titles)
+
+
+def point_cloud_frames(
+    clouds: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    *,
+    lims: Limits | None = None,
+    size: float = 3.0,
+    color: str = "tab:blue",
+    alpha: float = 0.6,
+    reference: np.ndarray | None = None,
+    figsize: tuple[float, float] = FIGSIZE,
+    dpi: int = DPI,
+) -> list[bytes]:
+    """Render 2D point clouds (a sequence of ``(n, 2)`` arrays) as PNG frames.
+
+    All frames share axis limits (``lims``, or :func:`shared_limits` of all clouds) and an
+    equal aspect ratio. ``reference`` is an optional ``(m, 2)`` array drawn in light grey
+    under every frame (e.g. the data distribution). Torch tensors are accepted.
+    """
+    clouds = [np.asarray(_to_numpy(c), dtype=float).reshape(-1, 2) for c in clouds]
+    titles_ = _titles(titles, len(clouds))
+    ref = None if reference is None else np.asarray(_to_numpy(reference), dtype=float).reshape(-1, 2)
+    (x0, x1), (y0, y1) = lims or shared_limits(clouds + ([ref] if ref is not None else []))
+
+    artists: dict[str, Any] = {}
+
+    def draw(ax: Axes, i: int) -> None:
+        if i == 0:
+            if ref is not None:
+                ax.scatter(ref[:, 0], ref[:, 1], s=size, color="0.8", linewidths=0)
+            artists["pts"] = ax.scatter(clouds[0][:, 0], clouds[0][:, 1], s=size, color=color,
+                                        alpha=alpha, linewidths=0)
+            _style(ax, (x0, x1), (y0, y1))
+        else:
+            artists["pts"].set_offsets(clouds[i])
+        ax.set_title(titles_[i], fontsize=10)
+
+    return render_frames(draw, len(clouds), figsize=figsize, dpi=dpi, clear=False)
+
+
+def _style(ax: Axes, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal", adjustable="box")
+    ax.tick_params(labelsize=7)
+
+
+def vector_field_frames(
+    fields: Sequence[Callable[[np.ndarray], np.ndarray]],
+    lims: Limits,
+    titles: Sequence[str] | None = None,
+    *,
+    grid: int = 17,
+    normalize: bool = True,
+    clouds: Sequence[np.ndarray] | None = None,
+    color: str = "tab:red",
+    figsize: tuple[float, float] = FIGSIZE,
+    dpi: int = DPI,
+) -> list[bytes]:
+    """Render one 2D vector field per frame (e.g. a score ``∇log p_t`` at several ``t``).
+
+    Each ``fields[i]`` maps an ``(m, 2)`` array of points to an ``(m, 2)`` array of vectors
+    (numpy or torch). It is evaluated on a ``grid x grid`` lattice over ``lims``. With
+    ``normalize`` every arrow has unit length and the magnitude is shown by color, which
+    keeps both small and huge scores readable (color is ``log10 |v|`` on one scale shared by
+    all frames); without it arrow lengths are proportional to ``|v|``, again on one shared
+    scale. ``clouds[i]`` (optional) is scattered under frame ``i``.
+    """
+    (x0, x1), (y0, y1) = lims
+    xs, ys = np.meshgrid(np.linspace(x0, x1, grid), np.linspace(y0, y1, grid))
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    titles_ = _titles(titles, len(fields))
+    if clouds is not None and len(clouds) != len(fields):
+        raise ValueError(f"got {len(clouds)} clouds for {len(fields)} fields")
+    clouds_ = None if clouds is None else [np.asarray(_to_numpy(c), dtype=float).reshape(-1, 2) for c in clouds]
+
+    # Evaluate every field first so that arrow scale and colors are shared by all frames.
+    vecs = [np.asarray(_to_numpy(f(pts)), dtype=float).reshape(-1, 2) for f in fields]
+    mags = [np.linalg.norm(v, axis=1) for v in vecs]
+    spacing = min((x1 - x0), (y1 - y0)) / max(grid - 1, 1)
+    if normalize:
+        vecs = [v / np.maximum(m, 1e-12)[:, None] for v, m in zip(vecs, mags)]
+        longest = 1.0
+        colors = [np.log10(np.maximum(m, 1e-12)) for m in mags]
+        finite = np.concatenate(colors)
+        finite = finite[np.isfinite(finite)]
+        clim = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    else:
+        longest = max(float(np.nanmax(m)) for m in mags) or 1.0
+    # scale_units="xy": an arrow of length `longest` spans 0.8 grid cells.
+    kw: dict[str, Any] = {"angles": "xy", "pivot": "mid", "width": 0.005,
+                          "scale_units": "xy", "scale": longest / (0.8 * spacing)}
+    artists: dict[str, Any] = {}
+
+    def draw(ax: Axes, i: int) -> None:
+        vec = vecs[i]
+        if i == 0:
+            if clouds_ is not None:
+                artists["pts"] = ax.scatter(clouds_[0][:, 0], clouds_[0][:, 1], s=2, color="0.6",
+                                            linewidths=0)
+            if normalize:
+                artists["q"] = ax.quiver(pts[:, 0], pts[:, 1], vec[:, 0], vec[:, 1], colors[0],
+                                         cmap="coolwarm", clim=clim, **kw)
+            else:
+                artists["q"] = ax.quiver(pts[:, 0], pts[:, 1], vec[:, 0], vec[:, 1], color=color, **kw)
+            _style(ax, (x0, x1), (y0, y1))
+        else:
+            if clouds_ is not None:
+                artists["pts"].set_offsets(clouds_[i])
+            if normalize:
+                artists["q"].set_UVC(vec[:, 0], vec[:, 1], colors[i])
+            else:
+                artists["q"].set_UVC(vec[:, 0], vec[:, 1])
+        ax.set_title(titles_[i], fontsize=10)
+
+    return render_frames(draw, len(fields), figsize=figsize, dpi=dpi, clear=False)
+
+
+def _to_numpy(x: Any) -> Any:
+    """Detach and move a torch tensor to numpy; pass anything else through."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return x
+
+
+class FramePlayer(widgets.VBox):
+    """A VBox holding a Play button, a slider, a frame label and a stack of frames.
+
+    It renders as a plain ``VBox`` in the browser; the attributes below exist so that
+    tests and chapters can reach the parts:
+
+    ``play``, ``slider``, ``frames`` (Stack of Image), ``labels`` (Stack of HTML or None),
+    ``links`` (the ``Link`` objects from :func:`ipywidgets.jslink` that wire them in JS).
+    """
+
+    play: widgets.Play
+    slider: widgets.IntSlider
+    frames: widgets.Stack
+    labels: widgets.Stack | None
+    links: tuple[Link, ...]
+
+
+def frames_widget(
+    frames: Sequence[bytes | Figure],
+    labels: Sequence[str] | None = None,
+    *,
+    interval_ms: int = 250,
+    description: str = "",
+    repeat: bool = False,
+    start: int = 0,
+) -> FramePlayer:
+    """Build a kernel-free player for precomputed frames.
+
+    ``frames`` are PNG bytes or matplotlib figures (converted with :func:`fig_to_png`).
+    ``labels`` (one short string per frame, e.g. ``"t = 0.35"``; HTML allowed) are shown
+    next to the slider and switch with it; without labels the slider shows the frame
+    number. ``interval_ms`` is the Play button's delay between frames. All wiring is
+    :func:`ipywidgets.jslink`, so it works on the static site with no kernel.
+    """
+    pngs = [f if isinstance(f, bytes | bytearray) else fig_to_png(f) for f in frames]
+    n = len(pngs)
+    if n == 0:
+        raise ValueError("frames_widget needs at least one frame")
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} frames")
+    if not 0 <= start < n:
+        raise ValueError(f"start={start} is not a frame index (0..{n - 1})")
+
+    play = widgets.Play(value=start, min=0, max=n - 1, step=1, interval=interval_ms,
+                        repeat=repeat, description="play", show_repeat=False)
+    slider = widgets.IntSlider(value=start, min=0, max=n - 1, step=1, description=description,
+                               readout=labels is None, continuous_update=True,
+                               layout=widgets.Layout(width="16em"))
+    images = [widgets.Image(value=bytes(p), format="png") for p in pngs]
+    stack = widgets.Stack(images, selected_index=start)
+    links = [
+        widgets.jslink((play, "value"), (slider, "value")),
+        widgets.jslink((slider, "value"), (stack, "selected_index")),
+    ]
+    label_stack = None
+    controls: list[widgets.Widget] = [play, slider]
+    if labels is not None:
+        label_stack = widgets.Stack([widgets.HTML(value=str(s)) for s in labels], selected_index=start)
+        links.append(widgets.jslink((slider, "value"), (label_stack, "selected_index")))
+        controls.append(label_stack)
+
+    box = FramePlayer([widgets.HBox(controls, layout=widgets.Layout(align_items="center")), stack])
+    box.add_class("scoretut-frames")
+    box.play, box.slider, box.frames, box.labels = play, slider, stack, label_stack
+    box.links = tuple(links)
+    return box

@@ -1,0 +1,192 @@
+"""Tests of scoretut.viz: PNG frames and the kernel-free (jslinked) frame player."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import ipywidgets as widgets
+import matplotlib
+import numpy as np
+import pytest
+from ipywidgets.widgets.widget_link import Link
+from PIL import Image
+
+matplotlib.use("Agg")
+
+from scoretut import viz  # noqa: E402
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as img:
+        return img.size
+
+
+def _clouds(n_frames: int = 30, n_points: int = 1000, seed: int = 0) -> list[np.ndarray]:
+    """A 2-D cloud drifting towards N(0, I), like a forward diffusion."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.normal(size=(n_points, 2)) * [1.5, 0.3] + [1.0, 0.0]
+    ts = np.linspace(0.0, 2.0, n_frames)
+    return [x0 * np.exp(-t) + np.sqrt(1 - np.exp(-2 * t)) * rng.normal(size=x0.shape) for t in ts]
+
+
+def _jslinks(player: viz.FramePlayer) -> set[tuple[int, str, int, str]]:
+    return {(id(l.source[0]), l.source[1], id(l.target[0]), l.target[1]) for l in player.links}
+
+
+# --- PNG helpers ------------------------------------------------------------------------
+
+def test_fig_to_png_pyplot_figure_is_closed_and_fixed_size() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.0, 1.5))
+    ax.plot([0, 1], [0, 1])
+    png = viz.fig_to_png(fig, dpi=50)
+    assert png.startswith(viz.PNG_MAGIC)
+    assert _size(png) == (100, 75)
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_fig_to_png_is_deterministic_and_quantized_is_smaller() -> None:
+    def make() -> matplotlib.figure.Figure:
+        fig, ax = viz.new_figure()
+        ax.scatter(*np.random.default_rng(1).normal(size=(2, 500)), s=3)
+        return fig
+
+    a, b = viz.fig_to_png(make()), viz.fig_to_png(make())
+    assert a == b, "same figure must give the same bytes (stable pages and caches)"
+    full = viz.fig_to_png(make(), quantize=False)
+    assert full.startswith(viz.PNG_MAGIC)
+    assert len(a) < len(full)
+
+
+def test_render_frames_calls_draw_per_frame_and_keeps_size() -> None:
+    seen: list[int] = []
+
+    def draw(ax, i: int) -> None:
+        seen.append(i)
+        ax.plot([0, 1], [0, i])
+        ax.set_title(f"frame {i}")
+
+    frames = viz.render_frames(draw, 4, figsize=(2.0, 2.0), dpi=40)
+    assert seen == [0, 1, 2, 3]
+    assert all(f.startswith(viz.PNG_MAGIC) for f in frames)
+    assert {_size(f) for f in frames} == {(80, 80)}
+    assert len(set(frames)) == 4
+    with pytest.raises(ValueError):
+        viz.render_frames(draw, 0)
+
+
+def test_shared_limits_cover_all_points() -> None:
+    clouds = [np.array([[0.0, 0.0], [1.0, 2.0]]), np.array([[-3.0, 1.0]])]
+    (x0, x1), (y0, y1) = viz.shared_limits(clouds, pad=0.0)
+    assert (x0, x1, y0, y1) == (-3.0, 1.0, 0.0, 2.0)
+    (x0, x1), _ = viz.shared_limits(clouds, pad=0.1)
+    assert x0 < -3.0 and x1 > 1.0
+
+
+def test_point_cloud_frames_shape_titles_and_budget() -> None:
+    clouds = _clouds()
+    frames = viz.point_cloud_frames(clouds, [f"t = {t:.2f}" for t in np.linspace(0, 2, 30)],
+                                    reference=clouds[0])
+    assert len(frames) == 30
+    assert all(f.startswith(viz.PNG_MAGIC) for f in frames)
+    assert len({_size(f) for f in frames}) == 1, "all frames must share the pixel size"
+    assert len(set(frames)) == 30
+    # Budget: a 30-frame widget adds well under 1.5 MB (base64) to a page.
+    assert sum(len(base64.b64encode(f)) for f in frames) < 1_000_000
+    with pytest.raises(ValueError):
+        viz.point_cloud_frames(clouds, ["only one title"])
+
+
+def test_point_cloud_frames_accepts_torch_tensors() -> None:
+    torch = pytest.importorskip("torch")
+    frames = viz.point_cloud_frames([torch.randn(100, 2), torch.randn(100, 2)], lims=((-3, 3), (-3, 3)))
+    assert len(frames) == 2 and frames[0].startswith(viz.PNG_MAGIC)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_vector_field_frames(normalize: bool) -> None:
+    sigmas = np.linspace(0.5, 2.0, 30)
+    fields = [lambda p, s=s: -p / s**2 for s in sigmas]  # score of N(0, s^2 I)
+    frames = viz.vector_field_frames(fields, ((-3, 3), (-3, 3)), [f"σ = {s:.2f}" for s in sigmas],
+                                     normalize=normalize, clouds=_clouds())
+    assert len(frames) == 30 and all(f.startswith(viz.PNG_MAGIC) for f in frames)
+    assert len({_size(f) for f in frames}) == 1
+    assert sum(len(base64.b64encode(f)) for f in frames) < 1_500_000
+    with pytest.raises(ValueError):
+        viz.vector_field_frames(fields, ((-3, 3), (-3, 3)), clouds=_clouds(n_frames=2))
+
+
+# --- the frame player -------------------------------------------------------------------
+
+def test_frames_widget_structure_and_links() -> None:
+    frames = viz.render_frames(lambda ax, i: ax.plot([0, i]), 5, figsize=(1.0, 1.0), dpi=20)
+    labels = [f"t = {t:.2f}" for t in np.linspace(0, 1, 5)]
+    w = viz.frames_widget(frames, labels=labels, interval_ms=120, description="t")
+
+    assert isinstance(w, widgets.VBox)
+    assert w._model_name == "VBoxModel", "must render with the stock VBox view"
+    controls, stack = w.children
+    assert stack is w.frames and isinstance(stack, widgets.Stack)
+    assert list(controls.children) == [w.play, w.slider, w.labels]
+
+    assert isinstance(w.play, widgets.Play) and isinstance(w.slider, widgets.IntSlider)
+    assert (w.play.min, w.play.max) == (0, 4) and (w.slider.min, w.slider.max) == (0, 4)
+    assert w.play.interval == 120 and w.slider.description == "t"
+    assert w.slider.readout is False, "the label stack replaces the numeric readout"
+
+    assert [type(c) for c in stack.children] == [widgets.Image] * 5
+    assert [bytes(c.value) for c in stack.children] == frames
+    assert all(c.format == "png" and bytes(c.value).startswith(viz.PNG_MAGIC) for c in stack.children)
+    assert [c.value for c in w.labels.children] == labels
+    assert stack.selected_index == 0 and w.labels.selected_index == 0
+
+    # Browser-side wiring only: jslinks, never Python observers.
+    assert all(isinstance(l, Link) for l in w.links)
+    assert _jslinks(w) == {
+        (id(w.play), "value", id(w.slider), "value"),
+        (id(w.slider), "value", id(stack), "selected_index"),
+        (id(w.slider), "value", id(w.labels), "selected_index"),
+    }
+    assert not w.slider._trait_notifiers.get("value", {}).get("change")
+    assert not w.play._trait_notifiers.get("value", {}).get("change")
+
+
+def test_frames_widget_without_labels_shows_readout() -> None:
+    w = viz.frames_widget([viz.PNG_MAGIC + b"x"] * 3)
+    assert w.labels is None and w.slider.readout is True
+    assert len(w.links) == 2 and w.slider.max == 2
+    assert list(w.children[0].children) == [w.play, w.slider]
+
+
+def test_frames_widget_accepts_figures_and_start() -> None:
+    figs = []
+    for i in range(3):
+        fig, ax = viz.new_figure((1.0, 1.0))
+        ax.plot([0, i])
+        figs.append(fig)
+    w = viz.frames_widget(figs, start=2)
+    assert all(bytes(img.value).startswith(viz.PNG_MAGIC) for img in w.frames.children)
+    assert w.slider.value == w.play.value == w.frames.selected_index == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"frames": []}, {"frames": [b"a", b"b"], "labels": ["x"]}, {"frames": [b"a"], "start": 1}],
+)
+def test_frames_widget_rejects_bad_input(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        viz.frames_widget(**kwargs)
+
+
+def test_frames_widget_state_is_embeddable() -> None:
+    """The state that myst-nb embeds serializes, with the PNGs as binary buffers."""
+    w = viz.frames_widget([viz.PNG_MAGIC + bytes([i]) for i in range(3)], labels=["a", "b", "c"])
+    state = widgets.Widget.get_manager_state(drop_defaults=True, widgets=None)["state"]
+    mine = {m.model_id for m in (w, w.play, w.slider, w.frames, w.labels, *w.frames.children, *w.links)}
+    assert mine <= set(state)
+    json.dumps(state)  # must be JSON-serializable (buffers are base64 there)
+    image_state = state[w.frames.children[0].model_id]
+    assert image_state["buffers"], "Image.value must travel as a binary buffer"
