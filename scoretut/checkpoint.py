@@ -1,0 +1,120 @@
+"""Saving and loading training state: atomic writes, safe reads, one-line errors.
+
+A checkpoint is a ``dict`` of tensors and plain values (``str``, ``int``, ``float``, ``bool``,
+``None`` and lists / tuples / dicts of those — what ``torch.load(weights_only=True)`` accepts),
+so loading it never runs code from the file.
+
+* :func:`save_checkpoint` writes to a temporary file in the target directory, flushes and
+  ``fsync``s it, then ``os.replace``s it over the target: a crash leaves either the old or the
+  new checkpoint, never a torn one.
+* :func:`load_checkpoint` turns every failure a user can cause (missing, corrupt, or pickled
+  code) into a :class:`scoretut.config.UsageError` that names the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scoretut.config import UsageError
+
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def check_plain(obj: Any, where: str = "state") -> None:
+    """Raise ``TypeError`` naming the first value in ``obj`` that is not a tensor or plain data."""
+    if isinstance(obj, (torch.Tensor, *PLAIN_TYPES)):
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}; use str or int keys")
+            check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; checkpoints hold only "
+        "tensors and plain data (save state_dict()s and config dicts, not objects)"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` to ``path`` (parent directories are created); return the path.
+
+    Raises ``TypeError`` if ``state`` holds anything but tensors and plain data, and
+    :class:`UsageError` if the directory cannot be written.
+    """
+    path = Path(path)
+    check_plain(state)
+    directory = path.parent
+    tmp: str | None = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a checkpoint is not a secret
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(directory)
+    except OSError as e:
+        raise UsageError(f"cannot write to {directory}: {e.strerror or e}; choose another --out") from e
+    finally:
+        if tmp is not None:  # the write failed part-way: leave the previous checkpoint alone
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
+
+    Raises :class:`UsageError` when the file is missing, unreadable, corrupt or truncated, or
+    would need to unpickle code (custom classes) to load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise UsageError(f"checkpoint {path} {what}; pass the path of a .pt file written by scoretut train")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+            raise UsageError(
+                f"{path} contains pickled code (custom classes/functions) and scoretut refuses to "
+                "unpickle code; re-save it with only state dicts, tensors and plain config values"
+            ) from None
+        raise UsageError(f"{path} is not a readable checkpoint (corrupt or not a torch file); re-run training to recreate it") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}; check the path and its permissions") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise UsageError(f"{path} is not a readable checkpoint (corrupt or truncated); re-run training to recreate it") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} is not a scoretut checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state

@@ -1,0 +1,170 @@
+"""The 2D pipeline end to end: a recipe (plain dict) → model → training → samples → metrics.
+
+A *recipe* is a dict of plain values, stored in every checkpoint, that says how to rebuild the
+model: the data set, the SDE, the parametrisation, the loss and the network size. The default,
+:data:`DEFAULT_RECIPE`, is the best one we measured on the swiss roll (see
+``benchmarks/toy_swiss_roll.py``): an EDM-preconditioned denoiser (Karras et al. 2022) trained
+with the EDM loss, sampled with Heun's method on the probability-flow ODE over the ρ = 7 grid.
+
+Two parametrisations share one module, :class:`ToyScoreModel`:
+
+* ``"edm"`` — ``D(x̂; σ) = c_skip x̂ + c_out F(c_in x̂, ¼ ln σ)``; the score of any SDE follows
+  from Tweedie's formula (:func:`scoretut.precond.score_from_denoiser`).
+* ``"score"`` — the network predicts ``−ε``: ``s_θ(x, t) = F(x, t)/std(t)`` (the "scale by
+  σ" trick of Song et al. 2021), the classic HelloScore-style score network.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scoretut.config import UsageError
+from scoretut.data import sample_dataset
+from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
+from scoretut.nets.mlp import ScoreMLP
+from scoretut.precond import EDMPrecond, score_from_denoiser
+from scoretut.samplers import CountingScore, get_sampler, sample, timesteps
+from scoretut.sde import SDE, SDES, as_time, bcast
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "data": "swiss_roll",
+    "n_data": 100_000,
+    "sde": "edm",
+    "sde_args": {"sigma_min": 0.002, "sigma_max": 40.0},
+    "param": "edm",
+    "sigma_data": 2.0,
+    "loss": "edm",
+    "loss_args": {"P_mean": -0.5, "P_std": 1.4},
+    "net": {"dim": 2, "hidden": 128, "depth": 3, "emb_dim": 64},
+    "sampler": "ode_heun",
+    "grid": "karras",
+    "steps": 18,
+}
+"""The default 2D recipe. ``steps`` is the number of sampler steps (Heun: 2·steps − 1 NFE)."""
+
+PARAMS = ("edm", "score")
+
+# Which grid and how many steps give a sampler about the same cost in network evaluations.
+NFE_PER_STEP = {"em": 1, "pc": 2, "ode_euler": 1, "ode_heun": 2, "ode_rk45": None}
+
+
+def make_sde(recipe: dict[str, Any]) -> SDE:
+    """The recipe's forward SDE."""
+    name = recipe["sde"]
+    if name not in SDES:
+        raise UsageError(f"unknown SDE {name!r}; choose one of: {', '.join(SDES)}")
+    return SDES[name](**recipe.get("sde_args", {}))
+
+
+class ToyScoreModel(nn.Module):
+    """A score model ``s_θ(x, t)`` for ``sde``, with the recipe's parametrisation.
+
+    ``forward(x, t)`` returns the score (``x``: ``(batch, dim)``, ``t``: ``(batch,)``);
+    :meth:`denoiser` returns ``D(x̂; σ)`` (for the EDM loss and the EDM view of sampling).
+    """
+
+    def __init__(self, sde: SDE, net: nn.Module, param: str = "edm", sigma_data: float = 1.0):
+        super().__init__()
+        if param not in PARAMS:
+            raise UsageError(f"unknown parametrisation {param!r}; choose one of: {', '.join(PARAMS)}")
+        self.sde, self.param = sde, param
+        if param == "edm":
+            self.precond = EDMPrecond(net, sigma_data)
+        else:
+            self.net = net
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = as_time(t, x)
+        if self.param == "edm":  # built per call so copies (e.g. the EMA) use their own weights
+            return score_from_denoiser(self.sde, self.precond)(x, t)
+        return self.net(x, t) / bcast(self.sde.std(t), x)
+
+    def denoiser(self, x_hat: Tensor, sigma: Tensor) -> Tensor:
+        """``D(x̂; σ)`` of the model (only for the ``edm`` parametrisation)."""
+        if self.param != "edm":
+            raise UsageError("the EDM loss needs the 'edm' parametrisation; use --param edm")
+        return self.precond(x_hat, sigma)
+
+
+def build_model(recipe: dict[str, Any]) -> ToyScoreModel:
+    """Build the (untrained) model the recipe describes."""
+    sde = make_sde(recipe)
+    net = ScoreMLP(**recipe["net"])
+    return ToyScoreModel(sde, net, recipe["param"], recipe.get("sigma_data", 1.0))
+
+
+def make_loss(recipe: dict[str, Any], sde: SDE):
+    """``loss_fn(model, x0, generator)`` for :func:`scoretut.train.train`."""
+    name, args = recipe["loss"], dict(recipe.get("loss_args", {}))
+    if name not in LOSSES:
+        raise UsageError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    if name == "edm":
+        edm = EDMLoss(sigma_data=recipe.get("sigma_data", 0.5), **args)
+        return lambda model, x0, generator=None: edm(model.denoiser, x0, generator)
+    cls = {"dsm": DSMLoss, "ism": ISMLoss, "ssm": SSMLoss}[name]
+    return cls(sde, **args)
+
+
+def recipe_with(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of ``base`` (default recipe) with ``overrides`` applied.
+
+    ``net`` is merged key by key (``{"net": {"hidden": 64}}`` keeps the other sizes); every other
+    value, including ``sde_args`` and ``loss_args``, is replaced whole.
+    """
+    recipe = copy.deepcopy(base or DEFAULT_RECIPE)
+    for key, value in copy.deepcopy(overrides or {}).items():
+        if key == "net":
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    if recipe["loss"] == "edm" and recipe["param"] != "edm":
+        raise UsageError("the EDM loss trains a denoiser; use --param edm (or another --loss)")
+    return recipe
+
+
+def training_data(recipe: dict[str, Any], seed: int) -> Tensor:
+    """The fixed training set: ``n_data`` points of the recipe's data set drawn with ``seed``."""
+    return sample_dataset(recipe["data"], recipe.get("n_data", 100_000), seed=seed)
+
+
+@torch.no_grad()
+def generate(
+    model: ToyScoreModel,
+    n: int,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    grid: str | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    recipe: dict[str, Any] | None = None,
+    trajectory: bool = False,
+    **options,
+) -> tuple[Tensor, int] | tuple[list[tuple[float, Tensor]], int]:
+    """Draw ``n`` samples; return ``(samples (n, dim), NFE)``.
+
+    ``sampler``, ``steps`` and ``grid`` default to the recipe's. With ``trajectory=True`` the
+    first element is the list of ``(t, x)`` states instead (on the CPU).
+    """
+    recipe = recipe or DEFAULT_RECIPE
+    if n <= 0:
+        raise UsageError(f"the number of samples must be positive, got --n {n}")
+    name = sampler or recipe["sampler"]
+    fn = get_sampler(name)
+    steps = steps or recipe["steps"]
+    grid = grid or (recipe["grid"] if name == recipe["sampler"] else "uniform")
+    sde = model.sde
+    ts = timesteps(sde, steps, grid)
+    gen = torch.Generator(device).manual_seed(seed)
+    dim = recipe["net"]["dim"]
+    x = sde.prior_sampling((n, dim), generator=gen, device=device)
+    model = model.to(device).eval()
+    score = CountingScore(model)
+    if trajectory:
+        states = [(s.t, s.x.cpu()) for s in fn(sde, score, x, ts, generator=gen, **options)]
+        return states, score.nfe
+    return sample(fn, sde, score, x, ts, generator=gen, **options), score.nfe
