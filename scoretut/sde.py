@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from scoretut.config import UsageError
+
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score_fn(x, t) -> ∇ₓ log p_t(x)``; ``x`` has shape ``(batch, *dims)``, ``t`` shape ``(batch,)``."""
 
@@ -311,6 +313,30 @@ class EDMSDE(SDE):
 
     def t_from_sigma(self, sigma):
         return torch.as_tensor(sigma, dtype=torch.float64)
+
+
+def simulate(
+    sde: SDE, x0: Tensor, ts: Tensor | list[float], generator: torch.Generator | None = None
+) -> Tensor:
+    """Euler–Maruyama on the *forward* SDE along the increasing times ``ts``; return the path.
+
+    ``x_{k+1} = x_k + f(x_k, t_k) h_k + g(t_k) √h_k z_k`` with ``h_k = t_{k+1} − t_k`` and
+    ``z_k ~ N(0, I)`` (Kloeden & Platen 1992, Sec. 9.1). ``x0`` ``(batch, *dims)`` is the state
+    at ``ts[0]``; the result has shape ``(len(ts), batch, *dims)``, with ``result[0] = x0``.
+    The weak error of the marginal moments is ``O(max h_k)``.
+    """
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    if ts.ndim != 1 or len(ts) < 1 or bool((ts[1:] <= ts[:-1]).any()):
+        raise UsageError("simulate needs a 1-D increasing grid of times, e.g. torch.linspace(0, T, n)")
+    path = [x0]
+    x = x0
+    for k in range(len(ts) - 1):
+        t, h = float(ts[k]), float(ts[k + 1] - ts[k])
+        f, g = sde.sde(x, t)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + f * h + bcast(g, x) * math.sqrt(h) * z
+        path.append(x)
+    return torch.stack(path)
 
 
 SDES: dict[str, type[SDE]] = {"ou": OU, "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from scoretut.sde import EDMSDE, OU, SubVPSDE, VESDE, VPSDE, as_time
+from scoretut.config import UsageError
+from scoretut.sde import EDMSDE, OU, SubVPSDE, VESDE, VPSDE, as_time, simulate
 
 SDES = {
     "ou": (OU(), [0.5, 2.0, 6.0]),
@@ -16,22 +17,14 @@ SDES = {
 }
 
 
-def simulate(sde, x0, t_end, n_steps, gen):
-    """Euler–Maruyama on the forward SDE from 0 to t_end."""
-    x, h = x0.clone(), t_end / n_steps
-    for k in range(n_steps):
-        f, g = sde.sde(x, k * h)
-        x = x + f * h + g[:, None] * math.sqrt(h) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-    return x
-
-
 @pytest.mark.parametrize("name", SDES)
 def test_marginals_match_euler_maruyama(name):
     sde, times = SDES[name]
     n = 20_000
     x0 = torch.full((n, 1), 1.5, dtype=torch.float64)
     for k, t in enumerate(times):
-        x = simulate(sde, x0, t, 1000, torch.Generator().manual_seed(k))[:, 0]
+        ts = torch.linspace(0, t, 1001, dtype=torch.float64)
+        x = simulate(sde, x0, ts, torch.Generator().manual_seed(k))[-1, :, 0]
         mean, std = sde.marginal_prob(x0[:1], t)
         se_mean = x.std() / math.sqrt(n)
         assert abs(x.mean() - mean.item()) < 3 * se_mean + 1e-3 * abs(mean.item()), (name, t)
@@ -39,6 +32,28 @@ def test_marginals_match_euler_maruyama(name):
         se_var = var * math.sqrt(2 / (n - 1))  # standard error of a Gaussian sample variance
         # the EM bias of the variance is O(h); allow it on top of three standard errors
         assert abs(x.var() - var) < 3 * se_var + 2e-3 * var, (name, t, x.var().item(), var)
+
+
+def test_simulate_path_follows_ou_marginals_at_every_time():
+    """One OU path on a grid from two starting points: every recorded time has the closed-form
+    mean x0 e^{-μt} and variance σ²/(2μ)(1 − e^{-2μt}); the first row is x0 itself."""
+    ou, n = OU(mu=0.5, sigma=1.0), 10_000
+    x0 = torch.cat([torch.full((n, 1), -2.0), torch.full((n, 1), 3.0)], dim=1).double()
+    ts = torch.linspace(0.0, 4.0, 401, dtype=torch.float64)
+    path = simulate(ou, x0, ts, torch.Generator().manual_seed(3))
+    assert path.shape == (401, n, 2) and torch.equal(path[0], x0)
+    for k in (50, 200, 400):
+        t = float(ts[k])
+        mean = x0[0] * math.exp(-0.5 * t)
+        var = 1.0 - math.exp(-t)
+        se_mean, se_var = math.sqrt(var / n), var * math.sqrt(2 / (n - 1))
+        assert torch.all((path[k].mean(0) - mean).abs() < 3 * se_mean), t
+        assert torch.all((path[k].var(0) - var).abs() < 3 * se_var + 5e-3 * var), t
+
+
+def test_simulate_rejects_a_bad_grid():
+    with pytest.raises(UsageError, match="increasing"):
+        simulate(OU(), torch.zeros(3, 1), [1.0, 0.5, 0.0])
 
 
 def test_ou_variance_tends_to_stationary():
