@@ -1,4 +1,4 @@
-"""Networks: conditioning embeddings and the residual MLP used for the 2D toys."""
+"""Networks: conditioning embeddings, the residual MLP used for the 2D toys, the image U-Net."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from torch import nn
 
 from scoretut.nets.embeddings import EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
 from scoretut.nets.mlp import ACTIVATIONS, ScoreMLP
+from scoretut.nets.unet import UNet
 
-NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP}
+NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet}
 """Network classes by the name stored in checkpoints."""
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "ScoreMLP",
     "SinusoidalEmbedding",
+    "UNet",
     "build_net",
     "net_config",
 ]
