@@ -43,6 +43,7 @@ __all__ = [
     "frames_widget",
     "new_figure",
     "point_cloud_frames",
+    "point_cloud_panel_frames",
     "render_frames",
     "shared_limits",
     "vector_field_frames",
@@ -205,6 +206,63 @@ def point_cloud_frames(
         ax.set_title(titles_[i], fontsize=10)
 
     return render_frames(draw, len(clouds), figsize=figsize, dpi=dpi, clear=False)
+
+
+def point_cloud_panel_frames(
+    panels: Sequence[Sequence[np.ndarray]],
+    panel_titles: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
+    *,
+    lims: Sequence[Limits | Sequence[Limits] | None] | None = None,
+    size: float = 2.0,
+    color: str = "tab:blue",
+    alpha: float = 0.5,
+    panel_size: float = 2.6,
+    dpi: int = DPI,
+) -> list[bytes]:
+    """Render several 2D point clouds side by side per frame, e.g. one data set under four SDEs.
+
+    ``panels[p][i]`` is the ``(n, 2)`` cloud of panel ``p`` in frame ``i`` (all panels have the
+    same number of frames). ``panel_titles[p]`` heads panel ``p``; ``titles[i]`` heads frame
+    ``i``. ``lims[p]`` is ``None`` (limits covering all frames of that panel), one
+    ``((x0, x1), (y0, y1))`` for every frame, or a list of them, one per frame (a panel whose
+    scale changes over time, then read its tick labels).
+    """
+    clouds = [[np.asarray(_to_numpy(c), dtype=float).reshape(-1, 2) for c in panel] for panel in panels]
+    n_panels, n_frames = len(clouds), len(clouds[0]) if clouds else 0
+    if n_panels == 0 or n_frames == 0 or any(len(c) != n_frames for c in clouds):
+        raise ValueError("panels must be a non-empty list of equally long lists of (n, 2) clouds")
+    heads = _titles(titles, n_frames)
+    names = list(panel_titles) if panel_titles is not None else [""] * n_panels
+    lims_ = list(lims) if lims is not None else [None] * n_panels
+    if len(names) != n_panels or len(lims_) != n_panels:
+        raise ValueError(f"need one panel title and one lims entry per panel ({n_panels})")
+    per_frame = []  # per_frame[p][i] = limits of panel p in frame i
+    for p, lim in enumerate(lims_):
+        arr = np.asarray(shared_limits(clouds[p]) if lim is None else lim, dtype=float)
+        if arr.shape == (2, 2):
+            arr = np.broadcast_to(arr, (n_frames, 2, 2))
+        if arr.shape != (n_frames, 2, 2):
+            raise ValueError(f"lims[{p}] must be ((x0, x1), (y0, y1)) or one such pair per frame")
+        per_frame.append(arr)
+
+    fig = Figure(figsize=(panel_size * n_panels, panel_size + 0.35))
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.06 / n_panels ** 0.5, right=0.99, bottom=0.09, top=0.84, wspace=0.25)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    dots = [ax.scatter(c[0][:, 0], c[0][:, 1], s=size, color=color, alpha=alpha, linewidths=0)
+            for ax, c in zip(axes, clouds)]  # fmt: skip
+    for ax, name in zip(axes, names):
+        ax.set_title(name, fontsize=10)
+    head = fig.suptitle(heads[0], fontsize=11)
+    frames = []
+    for i in range(n_frames):
+        for p, ax in enumerate(axes):
+            dots[p].set_offsets(clouds[p][i])
+            _style(ax, tuple(per_frame[p][i, 0]), tuple(per_frame[p][i, 1]))
+        head.set_text(heads[i])
+        frames.append(_png_bytes(fig, dpi, quantize=True))
+    return frames
 
 
 def _style(ax: Axes, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:

@@ -190,3 +190,30 @@ def test_frames_widget_state_is_embeddable() -> None:
     json.dumps(state)  # must be JSON-serializable (buffers are base64 there)
     image_state = state[w.frames.children[0].model_id]
     assert image_state["buffers"], "Image.value must travel as a binary buffer"
+
+
+# --- multi-panel point clouds -------------------------------------------------------------
+
+def test_point_cloud_panel_frames_one_png_per_frame_panels_side_by_side() -> None:
+    clouds = _clouds(n_frames=5, n_points=300)
+    one = viz.point_cloud_panel_frames([clouds], ["a"], panel_size=2.0, dpi=50)
+    three = viz.point_cloud_panel_frames([clouds, clouds, clouds], ["a", "b", "c"],
+                                         [f"t = {i}" for i in range(5)], panel_size=2.0, dpi=50)
+    assert len(three) == 5 and all(p.startswith(viz.PNG_MAGIC) for p in three)
+    assert {_size(p) for p in three} == {(300, 117)}  # 3 panels x 2 in x 50 dpi wide
+    assert {_size(p) for p in one} == {(100, 117)}
+    assert len(set(three)) == 5, "the clouds move, so every frame differs"
+
+
+def test_point_cloud_panel_frames_limits_fixed_or_per_frame() -> None:
+    still = [_clouds(n_frames=1, n_points=200)[0]] * 3
+    same = ["t"] * 3
+    fixed = viz.point_cloud_panel_frames([still], titles=same, lims=[((-3, 3), (-3, 3))], dpi=40)
+    assert len(set(fixed)) == 1, "same cloud and limits: identical frames"
+    zoom = [((-3 * k, 3 * k), (-3 * k, 3 * k)) for k in (1, 2, 4)]
+    moving = viz.point_cloud_panel_frames([still], titles=same, lims=[zoom], dpi=40)
+    assert moving[0] == fixed[0] and len(set(moving)) == 3, "per-frame limits change the picture"
+    with pytest.raises(ValueError, match="lims"):
+        viz.point_cloud_panel_frames([still], lims=[zoom[:2]])
+    with pytest.raises(ValueError, match="equally long"):
+        viz.point_cloud_panel_frames([still, still[:2]])
