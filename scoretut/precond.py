@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from scoretut.config import UsageError
 from scoretut.sde import SDE, ScoreFn, as_time, bcast
 
 
@@ -105,3 +106,41 @@ def eps_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
 def x0_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """``x₀ = α x_t − σ_t v`` (needs ``α² + σ_t² = 1``)."""
     return bcast(alpha, x_t) * x_t - bcast(std, x_t) * v
+
+
+PREDICTIONS = ("eps", "x0", "v", "score")
+"""What a network's output can stand for: noise ``ε``, clean data ``x₀``, velocity ``v`` or score."""
+
+
+def eps_from_prediction(kind: str, pred: Tensor, x_t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+    """``ε̂`` from a prediction of ``kind`` (one of :data:`PREDICTIONS`) at ``x_t = α x₀ + σ_t ε``.
+
+    ``x0``: ``ε = (x_t − α x̂₀)/σ_t``; ``v``: ``ε = σ_t x_t + α v̂`` (needs ``α² + σ_t² = 1``);
+    ``score``: ``ε = −σ_t ŝ``.
+    """
+    if kind == "eps":
+        return pred
+    if kind == "x0":
+        return eps_from_x0(x_t, pred, alpha, std)
+    if kind == "v":
+        return eps_from_v(x_t, pred, alpha, std)
+    if kind == "score":
+        return score_to_eps(pred, std)
+    raise UsageError(f"unknown prediction {kind!r}; choose one of: {', '.join(PREDICTIONS)}")
+
+
+def score_from_prediction(sde: SDE, model: nn.Module, kind: str) -> ScoreFn:
+    """Score function ``∇log p_t(x) = −ε̂/σ_t`` of ``sde`` from a network ``model(x, t)`` that
+    predicts ``kind`` (ε, x₀, v or the score), so that any sampler can use it.
+
+    ``v`` needs a variance-preserving ``sde`` (``s(t)² + std(t)² = 1``).
+    """
+    if kind not in PREDICTIONS:
+        raise UsageError(f"unknown prediction {kind!r}; choose one of: {', '.join(PREDICTIONS)}")
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        t = as_time(t, x)
+        alpha, std = sde.scale(t), sde.std(t)
+        return eps_to_score(eps_from_prediction(kind, model(x, t), x, alpha, std), std)
+
+    return score_fn

@@ -1,0 +1,528 @@
+"""Variational diffusion models (Kingma et al. 2021) in the α_t, σ_t, SNR view.
+
+The forward process is variance preserving and written through one increasing function
+``γ(t)`` on ``[0, 1]``:
+
+.. math::  q(z_t \\mid x) = \\mathcal N(α_t x,\\ σ_t^2 I), \\qquad σ_t^2 = \\operatorname{sigmoid}(γ(t)),
+           \\quad α_t^2 = \\operatorname{sigmoid}(-γ(t)) = 1 - σ_t^2,
+
+so ``SNR(t) = α_t²/σ_t² = exp(−γ(t))`` and the log-SNR is ``λ(t) = −γ(t)``. As an SDE
+(:class:`GammaSDE`) this is the VP SDE ``dz = −½β z dt + √β dw`` with ``β(t) = γ'(t) σ_t²``.
+
+The negative ELBO of the data, in nats per example (Kingma et al. 2021, Eq. 11 and 17), is
+
+.. math::  -\\log p(x) \\le \\underbrace{\\mathbb E_q[-\\log p(x\\mid z_0)]}_{\\text{reconstruction}}
+           + \\underbrace{D_\\text{KL}(q(z_1\\mid x)\\,\\|\\,\\mathcal N(0, I))}_{\\text{prior}}
+           + \\underbrace{\\tfrac12 \\mathbb E_{t\\sim U(0,1),\\,ε}\\big[γ'(t)\\,\\|ε - \\hat ε(z_t; t)\\|^2\\big]}_{\\text{diffusion } L_\\infty}
+
+and with ``T`` steps the diffusion term becomes ``L_T = ½ T E_i[expm1(γ(t_i) − γ(t_{i−1}))
+‖ε − ε̂(z_{t_i}; t_i)‖²]`` (their Eq. 13 in γ form, ``t_i = i/T``), which tends to ``L_∞`` as
+``T → ∞``. A change of variables ``v = −γ(t)`` shows that ``L_∞`` depends on the schedule only
+through its endpoints ``γ(0)``, ``γ(1)`` (their Eq. 20), while the *variance* of its Monte Carlo
+estimate depends on the whole shape.
+
+**Data model for continuous 2D data.** The paper's decoder ``p(x | z_0)`` is a discrete
+distribution over pixel values whose logits are ``−½ ((z_0/α_0 − x)/e^{γ_0/2})²``; for real-valued
+data we use its continuum limit, the Gaussian decoder ``p(x | z_0) = N(x; z_0/α_0, e^{γ(0)} I)``.
+Its expected negative log-likelihood is ``d/2 (log 2π + γ(0) + 1)`` in closed form, so the bound
+is on the *differential* negative log-density. In bits per dimension it is
+``−ELBO/(d ln 2)``; quantising every coordinate to bins of width ``Δ`` would add ``log₂(1/Δ)``.
+For data ``N(m, s² I)`` and the optimal ``ε̂`` the bound tends to the exact differential entropy
+``d/2 log(2πe s²)`` as ``γ(0) → −∞`` and ``γ(1) → ∞`` (:func:`gaussian_nelbo`).
+
+Pieces: the schedules :class:`LinearSchedule` and :class:`MonotoneSchedule` (VDM's monotone
+network), the model :class:`VDM` (an ε-, x₀- or v-predicting network conditioned on ``γ_t``), the
+loss :class:`VDMLoss` (continuous or discrete time, with the reconstruction and prior terms, and
+with VDM's variance-minimising gradient for the schedule's shape), the Gaussian closed forms, and
+:func:`dsm_weight`, the DSM weighting ``λ(t)`` each objective corresponds to.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from scoretut.config import UsageError
+from scoretut.losses import sample_times
+from scoretut.precond import PREDICTIONS, eps_from_prediction, eps_to_score
+from scoretut.samplers import Step, get_sampler, timesteps
+from scoretut.sde import SDE, as_time, bcast, ftensor
+
+GAMMA_MIN = -13.3
+"""Initial ``γ(0)`` of Kingma et al. (2021): ``SNR(0) = e^{13.3} ≈ 6·10⁵``."""
+GAMMA_MAX = 5.0
+"""Initial ``γ(1)``: ``SNR(1) = e^{−5} ≈ 0.0067``."""
+
+TIME_SCHEMES = ("uniform", "stratified", "antithetic")
+
+LOG2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- α, σ, SNR
+
+
+def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
+    """``(α, σ) = (√sigmoid(−γ), √sigmoid(γ))``, so ``α² + σ² = 1`` and ``α²/σ² = e^{−γ}``."""
+    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+
+
+def snr(gamma: Tensor) -> Tensor:
+    """``SNR = α²/σ² = exp(−γ)``."""
+    return torch.exp(-gamma)
+
+
+def vdm_times(
+    n: int, scheme: str = "stratified", generator: torch.Generator | None = None,
+    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+) -> Tensor:  # fmt: skip
+    """``n`` times in ``[0, 1)``, each marginally ``U(0, 1)``, shape ``(n,)``.
+
+    ``uniform``: independent. ``stratified``: the low-discrepancy set ``(u + i/n) mod 1``
+    (VDM's "antithetic time sampling", :func:`scoretut.losses.sample_times`). ``antithetic``:
+    pairs ``u, 1 − u`` (``n`` even). All three keep the loss unbiased; they differ in variance.
+    """
+    if scheme not in TIME_SCHEMES:
+        raise UsageError(f"unknown time sampling {scheme!r}; choose one of: {', '.join(TIME_SCHEMES)}")
+    if scheme == "antithetic":
+        if n % 2:
+            raise UsageError(f"antithetic time sampling needs an even batch size, got {n}")
+        u = torch.rand(n // 2, generator=generator, device=device, dtype=dtype)
+        return torch.cat([u, 1.0 - u])
+    return sample_times(n, 0.0, 1.0, stratified=scheme == "stratified", generator=generator,
+                        device=device, dtype=dtype)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class NoiseSchedule(nn.Module):
+    """``γ(t) = γ₀ + (γ₁ − γ₀) u(t)`` with a *shape* ``u`` increasing from ``u(0) = 0`` to ``u(1) = 1``.
+
+    The endpoints ``γ₀ = γ(0)`` and ``γ₁ = γ(1)`` fix ``SNR(0)`` and ``SNR(1)``, the only part of
+    the schedule the continuous-time loss depends on; the shape ``u`` only moves the variance of
+    its estimate. Subclasses implement :meth:`shape`, returning ``u(t)`` and ``u'(t)``.
+    Inputs of any float dtype are evaluated in the parameters' dtype and returned in their own.
+    """
+
+    def __init__(self, gamma_min: float, gamma_max: float, learn_endpoints: bool):
+        super().__init__()
+        if not gamma_min < gamma_max:
+            raise UsageError(f"need gamma_min < gamma_max, got {gamma_min} >= {gamma_max}")
+        ends = torch.tensor([gamma_min, gamma_max], dtype=torch.float32)
+        if learn_endpoints:
+            self.ends = nn.Parameter(ends)
+        else:
+            self.register_buffer("ends", ends)
+
+    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u(t), u'(t))``, each of ``t``'s shape."""
+        raise NotImplementedError
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the shape ``u`` (trained to lower the loss variance), not the endpoints."""
+        return [p for name, p in self.named_parameters() if name != "ends"]
+
+    @property
+    def gamma_0(self) -> Tensor:
+        return self.ends[0]
+
+    @property
+    def gamma_1(self) -> Tensor:
+        return self.ends[1]
+
+    def combine(self, u: Tensor, du: Tensor) -> tuple[Tensor, Tensor]:
+        """``(γ, γ') = (γ₀ + (γ₁ − γ₀) u, (γ₁ − γ₀) u')``."""
+        span = self.gamma_1 - self.gamma_0
+        return self.gamma_0 + span * u, span * du
+
+    def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``γ(t)`` and ``γ'(t)``, shape of ``t``."""
+        t = ftensor(t)
+        g, dg = self.combine(*self.shape(t.to(self.ends.dtype)))
+        return g.to(t.dtype), dg.to(t.dtype)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``γ(t)``, shape of ``t``."""
+        return self.gamma_and_derivative(t)[0]
+
+    def derivative(self, t: Tensor) -> Tensor:
+        """``γ'(t)``, shape of ``t``."""
+        return self.gamma_and_derivative(t)[1]
+
+
+class LinearSchedule(NoiseSchedule):
+    """``γ(t) = γ_min + (γ_max − γ_min) t`` (VDM's fixed schedule; ``learn_endpoints`` gives
+    their "learnable scalar" schedule)."""
+
+    def __init__(self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, learn_endpoints: bool = False):
+        super().__init__(gamma_min, gamma_max, learn_endpoints)
+
+    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return t, torch.ones_like(t)
+
+
+class MonotoneSchedule(NoiseSchedule):
+    """VDM's monotone network (Kingma et al. 2021, App. H; ``NoiseSchedule_NNet`` of their code).
+
+    .. math::  \\tilde γ(t) = w_1 t + \\frac1K \\sum_{k=1}^K w_{3,k}\\; 2\\big(\\operatorname{sigmoid}
+               (w_{2,k}(2t - 1) + b_k) - \\tfrac12\\big), \\qquad
+               u(t) = \\frac{\\tilde γ(t) - \\tilde γ(0)}{\\tilde γ(1) - \\tilde γ(0)}
+
+    with every weight made positive (``|w|`` as in VDM, or ``softplus(w)``), so ``γ̃`` and hence
+    ``γ`` are strictly increasing whatever the weights. ``w₁`` starts at ``γ_max − γ_min`` as in
+    VDM, so the initial schedule is close to linear; ``w₂, w₃ ~ N(0, 1)``, ``b = 0``. ``u'`` is
+    computed by autograd (keeping the graph when gradients are enabled).
+
+    Args:
+        gamma_min, gamma_max: initial ``γ(0)`` and ``γ(1)``.
+        n_features: width ``K`` of the sigmoid layer (1024 in VDM).
+        positive: ``"abs"`` or ``"softplus"``.
+        learn_endpoints: train ``γ(0)``, ``γ(1)`` (by the ELBO) or keep them fixed.
+    """
+
+    def __init__(self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, n_features: int = 1024,
+                 positive: str = "abs", learn_endpoints: bool = True):  # fmt: skip
+        super().__init__(gamma_min, gamma_max, learn_endpoints)
+        if positive not in ("abs", "softplus"):
+            raise UsageError(f"positive must be 'abs' or 'softplus', got {positive!r}")
+        if n_features < 1:
+            raise UsageError(f"n_features must be positive, got {n_features}")
+        self.positive, self.n_features = positive, int(n_features)
+        w1 = torch.tensor(gamma_max - gamma_min)
+        if positive == "softplus":  # softplus⁻¹ so that the effective weight is γ_max − γ_min
+            w1 = w1 + torch.log(-torch.expm1(-w1))
+        self.w1 = nn.Parameter(w1)
+        self.w2 = nn.Parameter(torch.randn(n_features))
+        self.b2 = nn.Parameter(torch.zeros(n_features))
+        self.w3 = nn.Parameter(torch.randn(n_features))
+
+    def _pos(self, w: Tensor) -> Tensor:
+        return w.abs() if self.positive == "abs" else nn.functional.softplus(w)
+
+    def raw(self, t: Tensor) -> Tensor:
+        """The unnormalised ``γ̃(t)``, shape of ``t``."""
+        h = torch.sigmoid((2 * t - 1)[..., None] * self._pos(self.w2) + self.b2)  # (..., K)
+        return self._pos(self.w1) * t + (2 * (h - 0.5)) @ self._pos(self.w3) / self.n_features
+
+    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            t_ = t.detach().requires_grad_(True)
+            raw = self.raw(t_)
+            (draw,) = torch.autograd.grad(raw.sum(), t_, create_graph=keep_graph)
+        ends = self.raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        span = ends[1] - ends[0]
+        u, du = (raw - ends[0]) / span, draw / span
+        return (u, du) if keep_graph else (u.detach(), du.detach())
+
+
+# --------------------------------------------------------------------------- the SDE and the model
+
+
+class GammaSDE(SDE):
+    """The VDM forward process as a VP SDE on ``[0, 1]`` (so every sampler of
+    :mod:`scoretut.samplers` and :class:`scoretut.losses.DSMLoss` can use it).
+
+    ``s(t) = α_t = √sigmoid(−γ)``, ``std(t) = σ_t = √sigmoid(γ)``, ``σ(t) = e^{γ/2}`` and
+
+    .. math::  dz = -\\tfrac12 β(t) z\\,dt + \\sqrt{β(t)}\\,dw, \\qquad β(t) = γ'(t)\\,σ_t^2,
+
+    because ``d log α_t/dt = −½ γ' σ_t²`` and ``dσ_t²/dt = β (1 − σ_t²)``. The prior is
+    ``N(0, I)`` (as in VDM), and ``eps = 0``: ``σ_0 > 0``, so nothing is singular at ``t = 0``.
+    """
+
+    def __init__(self, schedule: NoiseSchedule):
+        self.schedule, self.T, self.eps = schedule, 1.0, 0.0
+
+    def beta(self, t: Tensor) -> Tensor:
+        """``β(t) = γ'(t) sigmoid(γ(t))``."""
+        g, dg = self.schedule.gamma_and_derivative(ftensor(t))
+        return dg * torch.sigmoid(g)
+
+    def sde(self, x, t):
+        beta = self.beta(as_time(t, x))
+        return -0.5 * bcast(beta, x) * x, beta.sqrt()
+
+    def scale(self, t):
+        return torch.sigmoid(-self.schedule(ftensor(t))).sqrt()
+
+    def std(self, t):
+        return torch.sigmoid(self.schedule(ftensor(t))).sqrt()
+
+    def sigma(self, t):
+        return torch.exp(0.5 * self.schedule(ftensor(t)))
+
+    def prior_std(self) -> float:
+        return 1.0
+
+    def __repr__(self) -> str:
+        return f"GammaSDE({type(self.schedule).__name__})"
+
+
+class VDM(nn.Module):
+    """A VDM: a schedule ``γ`` and a network ``F(z, γ_t)`` that predicts ``ε``, ``x₀`` or ``v``.
+
+    The network is conditioned on ``γ_t`` itself (not on ``t``, as in VDM's score model), so it
+    learns a function of the noise level that a change of schedule shape does not invalidate.
+    ``forward(z, t)`` returns the score ``−ε̂/σ_t``, so the model is a score function for
+    :attr:`sde` and plugs into :mod:`scoretut.samplers`.
+
+    Args:
+        net: ``F(z, c)``, e.g. :class:`scoretut.nets.ScoreMLP`, called with ``c = γ_t``.
+        schedule: a :class:`NoiseSchedule`.
+        prediction: ``"eps"``, ``"x0"`` or ``"v"`` (``v = α ε − σ x``, Salimans & Ho 2022).
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction: str = "eps"):
+        super().__init__()
+        if prediction not in PREDICTIONS or prediction == "score":
+            raise UsageError(f"unknown prediction {prediction!r}; choose one of: eps, x0, v")
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+
+    @property
+    def sde(self) -> GammaSDE:
+        return GammaSDE(self.schedule)
+
+    def eps_from_gamma(self, z: Tensor, gamma: Tensor) -> Tensor:
+        """``ε̂(z; γ)`` for ``z`` ``(batch, dim)`` and per-sample ``γ`` ``(batch,)``."""
+        alpha, sigma = alpha_sigma(gamma)
+        return eps_from_prediction(self.prediction, self.net(z, gamma), z, alpha, sigma)
+
+    def eps(self, z: Tensor, t: Tensor) -> Tensor:
+        """``ε̂(z_t; t)``."""
+        return self.eps_from_gamma(z, self.schedule(as_time(t, z)))
+
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        """Score ``∇log p_t(z) ≈ −ε̂(z; t)/σ_t``."""
+        gamma = self.schedule(as_time(t, z))
+        return eps_to_score(self.eps_from_gamma(z, gamma), torch.sigmoid(gamma).sqrt())
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def prior_kl(x: Tensor, gamma_1: Tensor) -> Tensor:
+    """``KL(N(α₁x, σ₁²I) ‖ N(0, I)) = ½ Σ (α₁² x² + σ₁² − log σ₁² − 1)`` per example, ``(batch,)``."""
+    var1 = torch.sigmoid(gamma_1)
+    terms = (1 - var1) * x.flatten(1) ** 2 + var1 - torch.nn.functional.logsigmoid(gamma_1) - 1
+    return 0.5 * terms.sum(1)
+
+
+def reconstruction_nll(gamma_0: Tensor, dim: int) -> Tensor:
+    """``E[−log N(x; z₀/α₀, e^{γ₀} I)] = d/2 (log 2π + γ₀ + 1)`` (the Gaussian decoder)."""
+    return 0.5 * dim * (math.log(2 * math.pi) + gamma_0 + 1)
+
+
+class VDMLoss:
+    """The VDM negative ELBO in bits per dimension: ``loss_fn(model, x0, generator)`` for
+    :func:`scoretut.train.train` (``model`` a :class:`VDM`).
+
+    Per example, in nats: ``diffusion + prior + reconstruction`` (module docstring), divided by
+    ``d ln 2``. ``n_steps = 0`` is the continuous-time diffusion term ``½ γ'(t) ‖ε − ε̂‖²``
+    (``γ'`` by autograd); ``n_steps = T > 0`` the ``T``-step one with ``t = ⌈uT⌉/T``.
+
+    Gradients (Kingma et al. 2021, Sec. 5.2 and App. I.2): the network and the schedule's
+    endpoints follow the ELBO; with ``variance_trick`` the schedule's *shape* parameters instead
+    follow ``∂/∂η E[L²]`` of the per-example diffusion term ``L`` — the variance of the Monte Carlo
+    estimate up to ``(E L)²``, which does not depend on the shape. It is computed by cutting the
+    graph at ``(u(t), u'(t))`` and adding a zero-valued term whose gradient is
+    ``Σ_i 2 L_i ∂L_i/∂(u_i, u'_i) · ∂(u_i, u'_i)/∂η / n``.
+
+    Args:
+        n_steps: 0 for continuous time, else the number of steps ``T``.
+        time_sampling: one of :data:`TIME_SCHEMES`.
+        elbo_terms: add the prior and reconstruction terms (else only the diffusion term).
+        variance_trick: train the shape to minimise the loss variance.
+    """
+
+    def __init__(self, n_steps: int = 0, time_sampling: str = "stratified", elbo_terms: bool = True,
+                 variance_trick: bool = True):  # fmt: skip
+        if n_steps < 0:
+            raise UsageError(f"n_steps must be 0 (continuous time) or positive, got {n_steps}")
+        if time_sampling not in TIME_SCHEMES:
+            raise UsageError(f"unknown time sampling {time_sampling!r}; choose one of: {', '.join(TIME_SCHEMES)}")
+        self.n_steps, self.time_sampling = int(n_steps), time_sampling
+        self.elbo_terms, self.variance_trick = elbo_terms, variance_trick
+
+    def terms(self, model: VDM, x0: Tensor, generator: torch.Generator | None = None,
+              t: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """Per-example terms in nats: ``diffusion``, ``prior``, ``recon`` (each ``(batch,)``),
+        plus ``t`` and the zero-valued ``surrogate`` of the variance trick (a scalar).
+
+        Randomness is drawn in the order of :class:`scoretut.losses.DSMLoss` (times, then noise).
+        """
+        n, dim = x0.shape[0], x0[0].numel()
+        if t is None:
+            t = vdm_times(n, self.time_sampling, generator, x0.device, x0.dtype)
+        sched = model.schedule
+        if self.n_steps:
+            T = self.n_steps
+            t = torch.ceil(t * T).clamp(min=1) / T
+            g_t, g_s = sched(t), sched(t - 1.0 / T)
+            cut = False
+        else:
+            u, du = sched.shape(t)
+            cut = self.variance_trick and torch.is_grad_enabled() and len(sched.shape_parameters()) > 0
+            leaves = (u.detach().requires_grad_(True), du.detach().requires_grad_(True)) if cut else (u, du)
+            g_t, dg_t = sched.combine(*leaves)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        alpha, sigma = alpha_sigma(g_t)
+        z_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+        mse = (eps - model.eps_from_gamma(z_t, g_t)).flatten(1).pow(2).sum(1)
+        weight = 0.5 * T * torch.expm1(g_t - g_s) if self.n_steps else 0.5 * dg_t
+        diffusion = weight * mse
+        surrogate = x0.new_zeros(())
+        if cut:
+            grads = torch.autograd.grad(diffusion.sum(), leaves, retain_graph=True)
+            w = 2 * diffusion.detach() / n
+            surrogate = (w * grads[0] * u).sum() + (w * grads[1] * du).sum()
+            surrogate = surrogate - surrogate.detach()
+        zero = torch.zeros_like(diffusion)
+        prior = prior_kl(x0, sched.gamma_1) if self.elbo_terms else zero
+        recon = reconstruction_nll(sched.gamma_0, dim).expand(n) if self.elbo_terms else zero
+        return {"diffusion": diffusion, "prior": prior, "recon": recon, "t": t, "surrogate": surrogate}
+
+    def __call__(self, model: VDM, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        terms = self.terms(model, x0, generator)
+        total = terms["diffusion"] + terms["prior"] + terms["recon"]
+        return total.mean() / (x0[0].numel() * LOG2) + terms["surrogate"]
+
+
+@torch.no_grad()
+def nelbo_bpd(model: VDM, x: Tensor, *, repeats: int = 1, n_steps: int = 0, seed: int = 0,
+              batch_size: int = 4096) -> dict[str, float]:  # fmt: skip
+    """Negative ELBO of the data ``x`` ``(n, dim)`` in bits/dim, averaged over ``repeats``
+    stratified time draws per point, with its parts (``diffusion``, ``prior``, ``recon``,
+    ``total``) and the standard error ``total_se`` of the total."""
+    gen = torch.Generator(x.device).manual_seed(seed)
+    loss = VDMLoss(n_steps=n_steps, time_sampling="stratified", variance_trick=False)
+    parts: dict[str, list[Tensor]] = {"diffusion": [], "prior": [], "recon": []}
+    for _ in range(repeats):
+        for chunk in x.split(batch_size):
+            terms = loss.terms(model, chunk, gen)
+            for k in parts:
+                parts[k].append(terms[k])
+    scale = x[0].numel() * LOG2
+    out = {k: torch.cat(v) / scale for k, v in parts.items()}
+    total = out["diffusion"] + out["prior"] + out["recon"]
+    res = {k: float(v.mean()) for k, v in out.items()}
+    res["total"], res["total_se"] = float(total.mean()), float(total.std() / math.sqrt(total.numel()))
+    return res
+
+
+def loss_variance(model: VDM, x: Tensor, scheme: str, *, batch_size: int = 256, n_batches: int = 200,
+                  seed: int = 0, chunk: int = 65536) -> dict[str, float]:  # fmt: skip
+    """Mean and variance of the minibatch estimate of the diffusion term (bits/dim).
+
+    ``n_batches`` batches of ``batch_size`` points drawn with replacement from ``x``, each with
+    its own times drawn by ``scheme`` (:func:`vdm_times`). Returns ``mean`` (over all examples),
+    ``var`` (variance of the batch means) and ``per_example_var``. For independent times
+    ``var ≈ per_example_var / batch_size``; a lower ``var`` is the gain of the scheme.
+    """
+    gen = torch.Generator(x.device).manual_seed(seed)
+    idx = torch.randint(x.shape[0], (n_batches * batch_size,), generator=gen, device=x.device)
+    t = torch.cat([vdm_times(batch_size, scheme, gen, x.device, x.dtype) for _ in range(n_batches)])
+    loss = VDMLoss(elbo_terms=False, variance_trick=False)
+    with torch.no_grad():
+        d = torch.cat([loss.terms(model, x[i], gen, t=tt)["diffusion"]
+                       for i, tt in zip(idx.split(chunk), t.split(chunk))])  # fmt: skip
+    d = d / (x[0].numel() * LOG2)
+    means = d.reshape(n_batches, batch_size).mean(1)
+    return {"mean": float(d.mean()), "var": float(means.var()), "per_example_var": float(d.var())}
+
+
+# --------------------------------------------------------------------------- DSM weighting
+
+
+def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
+    """``λ(t)`` for which :class:`scoretut.losses.DSMLoss` (``λ/σ_t² ‖σ_t s + ε‖²`` with
+    ``s = −ε̂/σ_t``) equals each per-time objective in ``ε``-error form:
+
+    * ``"elbo"``: ``½ γ' ‖ε − ε̂‖²`` → ``λ = ½ γ' σ_t² = ½ β(t) = ½ g(t)²`` (likelihood weighting);
+    * ``"eps"``: ``‖ε − ε̂‖²`` → ``λ = σ_t²``;
+    * ``"v"``: ``‖v − v̂‖² = ‖ε − ε̂‖²/α_t²`` → ``λ = σ_t²/α_t² = e^γ``;
+    * ``"x0"``: ``‖x − x̂‖² = ‖ε − ε̂‖²/SNR`` → ``λ = σ_t⁴/α_t² = σ_t² e^γ``.
+    """
+    g, dg = sde.schedule.gamma_and_derivative(ftensor(t))
+    var = torch.sigmoid(g)
+    if kind == "elbo":
+        return 0.5 * dg * var
+    if kind == "eps":
+        return var
+    if kind == "v":
+        return torch.exp(g)
+    if kind == "x0":
+        return var * torch.exp(g)
+    raise UsageError(f"unknown weighting {kind!r}; choose one of: elbo, eps, v, x0")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed: int = 0,
+             trajectory: bool = False, dim: int = 2) -> Tensor | list[Step]:  # fmt: skip
+    """Draw ``n`` samples by running ``sampler`` (default Euler–Maruyama on the reverse SDE of
+    :class:`GammaSDE`) over ``steps`` uniform steps from ``t = 1`` to ``0``, starting at
+    ``N(0, I)``. With ``trajectory`` return every :class:`~scoretut.samplers.Step`."""
+    if n <= 0 or steps <= 0:
+        raise UsageError(f"need a positive number of samples and steps, got n={n}, steps={steps}")
+    device = next(model.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
+    sde = model.sde
+    x = sde.prior_sampling((n, dim), generator=gen, device=device)
+    steps_iter: Iterator[Step] = get_sampler(sampler)(sde, model, x, timesteps(sde, steps), generator=gen)
+    if trajectory:
+        return [Step(s.i, s.t, s.x.cpu()) for s in steps_iter]
+    for s in steps_iter:
+        x = s.x
+    return x
+
+
+# --------------------------------------------------------------------------- Gaussian data
+
+
+class GaussianEps(nn.Module):
+    """The optimal ``ε̂(z; γ) = σ (z − α m)/(α² s² + σ²)`` for data ``N(m, s² I)``, as a network
+    ``F(z, γ)`` for :class:`VDM` (with ``prediction="eps"``)."""
+
+    def __init__(self, mean: Tensor | float = 0.0, var: float = 1.0):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.var = float(var)
+        self.dummy = nn.Parameter(torch.zeros(()))  # so the module has a device and parameters
+
+    def forward(self, z: Tensor, gamma: Tensor) -> Tensor:
+        alpha, sigma = (bcast(v, z) for v in alpha_sigma(gamma))
+        return sigma * (z - alpha * self.mean.to(z.dtype)) / (alpha**2 * self.var + sigma**2) + 0 * self.dummy
+
+
+def gaussian_diffusion_loss(gamma_0: float, gamma_1: float, var: float, dim: int) -> float:
+    """Closed-form ``L_∞`` (nats) for data ``N(m, s² I)`` and the optimal ``ε̂``.
+
+    ``E‖ε − ε̂*‖² = d s²/(s² + e^γ)``, and ``∫ s²/(s² + e^γ) dγ = γ − log(s² + e^γ)``, so
+    ``L_∞ = d/2 [F(γ₁) − F(γ₀)]`` with ``F(γ) = γ − log(s² + e^γ)``: only the endpoints enter.
+    """
+    F = lambda g: g - math.log(var + math.exp(g))  # noqa: E731
+    return 0.5 * dim * (F(gamma_1) - F(gamma_0))
+
+
+def gaussian_discrete_loss(gammas: Tensor, var: float, dim: int) -> float:
+    """Closed-form ``L_T`` (nats) on the grid ``γ(t_0) < … < γ(t_T)`` for data ``N(m, s² I)``:
+    ``d/2 Σ_i expm1(γ_i − γ_{i−1}) s²/(s² + e^{γ_i})``."""
+    g = torch.as_tensor(gammas, dtype=torch.float64)
+    return float(0.5 * dim * (torch.expm1(g[1:] - g[:-1]) * var / (var + torch.exp(g[1:]))).sum())
+
+
+def gaussian_nelbo(gamma_0: float, gamma_1: float, var: float, dim: int, mean_sq: float = 0.0) -> dict[str, float]:
+    """Closed-form negative ELBO terms (nats per example) for data ``N(m, s² I)`` with the optimal
+    ``ε̂`` (``mean_sq = ‖m‖²/d``), and the exact ``entropy = d/2 log(2πe s²)`` it bounds."""
+    var1 = 1 / (1 + math.exp(-gamma_1))
+    prior = 0.5 * dim * ((1 - var1) * (var + mean_sq) + var1 - math.log(var1) - 1)
+    recon = 0.5 * dim * (math.log(2 * math.pi) + gamma_0 + 1)
+    diff = gaussian_diffusion_loss(gamma_0, gamma_1, var, dim)
+    entropy = 0.5 * dim * math.log(2 * math.pi * math.e * var)
+    return {"diffusion": diff, "prior": prior, "recon": recon, "total": diff + prior + recon, "entropy": entropy}
