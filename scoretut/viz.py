@@ -41,6 +41,7 @@ __all__ = [
     "FramePlayer",
     "fig_to_png",
     "frames_widget",
+    "html_table",
     "new_figure",
     "point_cloud_frames",
     "point_cloud_panel_frames",
@@ -348,6 +349,27 @@ def _to_numpy(x: Any) -> Any:
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         return x.detach().cpu().numpy()
     return x
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> Any:
+    """A small HTML table for a chapter cell's output (it renders on the static site as is).
+
+    Floats are shown with ``digits`` significant digits; everything else with ``str``; all
+    text is HTML-escaped. Returns an :class:`IPython.display.HTML` object.
+    """
+    import html
+
+    from IPython.display import HTML
+
+    def cell(v: Any) -> str:
+        text = f"{v:.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+        return html.escape(text)
+
+    if any(len(r) != len(columns) for r in rows):
+        raise ValueError(f"every row needs {len(columns)} cells, one per column")
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return HTML(f'<table class="table scoretut-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 
 
 class FramePlayer(widgets.VBox):

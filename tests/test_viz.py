@@ -217,3 +217,12 @@ def test_point_cloud_panel_frames_limits_fixed_or_per_frame() -> None:
         viz.point_cloud_panel_frames([still], lims=[zoom[:2]])
     with pytest.raises(ValueError, match="equally long"):
         viz.point_cloud_panel_frames([still, still[:2]])
+
+
+def test_html_table_formats_and_escapes() -> None:
+    t = viz.html_table(["h", "a<b"], [[0.1234567, "x&y"], [np.float32(2.5), 3]], digits=3)
+    html = t.data
+    assert html.count("<tr>") == 3 and "<th>a&lt;b</th>" in html
+    assert "<td>0.123</td>" in html and "<td>2.5</td>" in html and "<td>x&amp;y</td>" in html
+    with pytest.raises(ValueError, match="2 cells"):
+        viz.html_table(["a", "b"], [[1]])
