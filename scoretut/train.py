@@ -17,12 +17,23 @@ Everything random is drawn from three sources whose states go into each checkpoi
 on the training device for the loss's times and noise, and the global torch RNG (seeded, for
 models that use it). On the CPU a run resumed from a checkpoint is therefore bit-identical to
 an uninterrupted one.
+
+A batch may be a tensor or a tuple of tensors (images and labels); the loss receives it as the
+sampler returns it, moved to the device. Options that change only the speed (GPU):
+``channels_last`` memory format, ``torch.compile``, the fused AdamW kernel; and ``amp="bf16"``
+computes the loss under bfloat16 autocast (the weights, gradients and optimiser state stay
+float32). Inside a ``torchrun`` process group (:mod:`scoretut.distributed`) the model is
+wrapped in DistributedDataParallel and each of the ``K`` processes draws ``batch_size / K``
+examples from its own shard, with its own noise seed; the logged loss is the mean over
+processes, and only rank 0 shows progress, runs the callback and writes checkpoints (which hold
+every rank's random states).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +44,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from scoretut import distributed
 from scoretut.checkpoint import check_plain, load_checkpoint, save_checkpoint
 from scoretut.config import UsageError
 
@@ -43,7 +55,8 @@ CHECKPOINT_NAME = "ckpt.pt"
 FORMAT = "scoretut-train-v1"
 
 # Settings that may change between a run and its resumption without changing its meaning.
-RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "progress")
+RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "progress", "channels_last", "compile", "fused")
+AMP_DTYPES = {"bf16": torch.bfloat16}
 
 
 @dataclass
@@ -64,6 +77,10 @@ class TrainConfig:
             progress-bar update.
         ckpt_every: steps between checkpoints (0: only at the end); needs ``out_dir``.
         progress: show a tqdm bar (only when stderr is a terminal).
+        amp: ``"bf16"`` to compute the loss under bfloat16 autocast, ``None`` for float32.
+        channels_last: keep the model and 4-D batches in the channels-last memory format.
+        compile: train through ``torch.compile(model)``.
+        fused: use the fused AdamW implementation.
     """
 
     steps: int = 2000
@@ -78,6 +95,10 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 0
     progress: bool = True
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    fused: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # a checkpoint round trip may turn it into a list
@@ -89,6 +110,8 @@ class TrainConfig:
             raise UsageError(f"EMA decay must be in [0, 1], got --ema-decay {self.ema_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise UsageError(f"gradient clipping must be positive or off, got --grad-clip {self.grad_clip}")
+        if self.amp not in (None, *AMP_DTYPES):
+            raise UsageError(f"unknown --amp {self.amp!r}; use one of {sorted(AMP_DTYPES)} or leave it off")
 
 
 @runtime_checkable
@@ -183,6 +206,7 @@ def train(
     overwrite: bool = False,
     device: str | torch.device | None = None,
     config: dict[str, Any] | None = None,
+    callback: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps of ``loss_fn(model, x0, generator=g)``.
 
@@ -198,6 +222,8 @@ def train(
         device: where to train (default: the model's device).
         config: plain metadata stored in the checkpoint (model config, SDE, loss, data set...),
             enough for the CLI to rebuild the model.
+        callback: called on rank 0 after every history entry (every ``cfg.log_every`` steps)
+            with the run so far as a :class:`TrainResult` (live modules: leave them as found).
 
     Returns:
         a :class:`TrainResult`. Checkpoints (if ``out_dir``) are written every
@@ -215,40 +241,83 @@ def train(
     if ckpt is not None and resume and not ckpt.exists():
         raise UsageError(f"--resume was given but {ckpt} does not exist; drop --resume to start afresh")
 
-    torch.manual_seed(cfg.seed)
+    rank, world = distributed.world()
+    if cfg.batch_size % world:
+        raise UsageError(f"batch size {cfg.batch_size} is not divisible by the {world} processes; change --batch")
+    main = rank == 0
+    torch.manual_seed(cfg.seed + rank)  # rank 0 (and a single process) uses the seed itself
     model.to(device).train()
-    sampler = as_sampler(data, cfg.seed)
-    noise = torch.Generator(device).manual_seed(cfg.seed + 1)  # times/noise of the loss
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    sampler = as_sampler(data, cfg.seed + 7919 * rank)  # a tensor data set: each rank its own draws
+    noise = torch.Generator(device).manual_seed(cfg.seed + 1 + 7919 * rank)  # times/noise of the loss
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                            fused=True if cfg.fused else None)  # fmt: skip
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
     ema.update_parameters(model)  # first update copies: θ̄_0 = θ_0 (see module docstring)
-    loop = _Loop(model, ema, opt, sampler, noise, cfg, config)
+    forward: nn.Module = model
+    if world > 1:
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        forward = torch.compile(forward)
+    loop = _Loop(model, ema, opt, sampler, noise, cfg, config, forward=forward)
     if resume:
         loop.restore(load_checkpoint(ckpt, map_location="cpu"), ckpt)
 
-    bar = tqdm(total=cfg.steps, initial=loop.step, disable=not (cfg.progress and sys.stderr.isatty()),
+    bar = tqdm(total=cfg.steps, initial=loop.step, disable=not (main and cfg.progress and sys.stderr.isatty()),
                desc="train", dynamic_ncols=True)  # fmt: skip
+    tick, tick_step = time.perf_counter(), loop.step
     with bar:
         while loop.step < cfg.steps:
             loop.one_step(loss_fn, device)
             bar.update(1)
             if loop.step % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{loop.flush_log():.4g}")
+                loss = loop.flush_log()
+                now = time.perf_counter()
+                rate = (loop.step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                tick, tick_step = now, loop.step
+                bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{rate:.3g}")
+                if callback is not None and main:
+                    callback(TrainResult(model, ema.module, list(loop.history), loop.step))
             if ckpt is not None and cfg.ckpt_every and loop.step % cfg.ckpt_every == 0:
-                save_checkpoint(ckpt, loop.state())
+                _save(ckpt, loop.state(), main)
     if ckpt is not None:
-        save_checkpoint(ckpt, loop.state())
+        _save(ckpt, loop.state(), main)
     model.eval()
     ema.module.eval()
     return TrainResult(model, ema.module, list(loop.history), loop.step)
 
 
+def _save(path: Path, state: dict[str, Any], main: bool) -> None:
+    """Rank 0 writes (every rank has called ``loop.state()``, which gathers across ranks)."""
+    if main:
+        save_checkpoint(path, state)
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    """Move a tensor or a tuple/list of tensors to ``device`` (4-D tensors optionally channels-last)."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device, channels_last) for b in batch)
+    batch = batch.to(device, non_blocking=True)
+    if channels_last and batch.ndim == 4:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
 class _Loop:
-    """The mutable state of one run: one optimiser step at a time, and its checkpoint form."""
+    """The mutable state of one run: one optimiser step at a time, and its checkpoint form.
+
+    ``model`` is the network whose weights are saved; ``forward`` is what the loss calls (the
+    same module, or a DDP / compiled wrapper around it).
+    """
 
     def __init__(self, model: nn.Module, ema: AveragedModel, opt: torch.optim.Optimizer, sampler: Sampler,
-                 noise: torch.Generator, cfg: TrainConfig, config: dict[str, Any]):  # fmt: skip
+                 noise: torch.Generator, cfg: TrainConfig, config: dict[str, Any],
+                 forward: nn.Module | None = None):  # fmt: skip
         self.model, self.ema, self.opt, self.sampler, self.noise = model, ema, opt, sampler, noise
+        self.forward = forward if forward is not None else model
+        self.rank, self.world = distributed.world()
         self.cfg, self.config = cfg, config
         self.step = 0
         self.history: list[tuple[int, float]] = []
@@ -262,8 +331,11 @@ class _Loop:
     def one_step(self, loss_fn: LossFn, device: torch.device) -> None:
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        x0 = self.sampler.sample(self.cfg.batch_size).to(device)
-        loss = loss_fn(self.model, x0, generator=self.noise)
+        batch = _to_device(self.sampler.sample(self.cfg.batch_size // self.world), device, self.cfg.channels_last)
+        amp = AMP_DTYPES.get(self.cfg.amp)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(self.forward, batch, generator=self.noise)
+        loss = loss.float()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
@@ -279,7 +351,7 @@ class _Loop:
             self.window_sum += float(torch.stack(self._pending).sum())
             self.window_count += len(self._pending)
             self._pending.clear()
-        mean = self.window_sum / max(self.window_count, 1)
+        mean = distributed.all_mean(self.window_sum / max(self.window_count, 1), self.noise.device)
         if not math.isfinite(mean):
             raise UsageError(f"the loss became {mean} by step {self.step}; lower --lr or set --grad-clip")
         self.history.append((self.step, mean))
@@ -287,26 +359,37 @@ class _Loop:
         return mean
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimiser, RNGs, history."""
+        """Everything needed to continue exactly: weights, optimiser, RNGs, history.
+
+        In a process group every rank must call it (it gathers each rank's random states and
+        data position into ``"ranks"``; the top-level copies are rank 0's).
+        """
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "noise": self.noise.get_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
+        local = {
+            "rng": rng,
+            "data": self.sampler.state_dict(),
+            "window": [self.window_sum, self.window_count],
+            # unlogged losses are kept as they are, so the window is summed in the same order
+            "pending": torch.stack(self._pending).cpu() if self._pending else torch.zeros(0),
+        }
+        ranks = distributed.all_gather(local) if self.world > 1 else [local]
+        state = {
             "format": FORMAT,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict(),
             "ema_n_averaged": int(self.ema.n_averaged),
             "optimizer": self.opt.state_dict(),
-            "rng": rng,
-            "data": self.sampler.state_dict(),
+            **ranks[0],
             "history": [[s, v] for s, v in self.history],
-            "window": [self.window_sum, self.window_count],
-            # unlogged losses are kept as they are, so the window is summed in the same order
-            "pending": torch.stack(self._pending).cpu() if self._pending else torch.zeros(0),
             "train_config": asdict(self.cfg),
             "config": self.config,
         }
+        if self.world > 1:
+            state["ranks"] = ranks
+        return state
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Inverse of :meth:`state`; raises :class:`UsageError` if the run does not match."""
@@ -328,13 +411,21 @@ class _Loop:
                              "use the same model settings or another --out") from None  # fmt: skip
         self.ema.n_averaged.fill_(state["ema_n_averaged"])
         self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.noise.set_state(state["rng"]["noise"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.sampler.load_state_dict(state["data"])
         self.step = int(state["step"])
         self.history = [(int(s), float(v)) for s, v in state["history"]]
-        self.window_sum, self.window_count = float(state["window"][0]), int(state["window"][1])
+        ranks = state.get("ranks", [state])
+        if len(ranks) != self.world:
+            if self.rank == 0:
+                warnings.warn(f"{path} was written by {len(ranks)} process(es) and is resumed by {self.world}; "
+                              "the data order and noise will differ from an uninterrupted run")  # fmt: skip
+            if self.rank >= len(ranks):  # keep this rank's fresh seeds rather than copy another's
+                return
+        local = ranks[self.rank]
+        torch.set_rng_state(local["rng"]["torch"])
+        self.noise.set_state(local["rng"]["noise"])
+        if "cuda" in local["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(local["rng"]["cuda"])
+        self.sampler.load_state_dict(local["data"])
+        self.window_sum, self.window_count = float(local["window"][0]), int(local["window"][1])
         device = next(self.model.parameters()).device
-        self._pending = list(state.get("pending", torch.zeros(0)).to(device).unbind())
+        self._pending = list(local.get("pending", torch.zeros(0)).to(device).unbind())
