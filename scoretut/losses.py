@@ -85,7 +85,10 @@ class _NoiseConditional:
 
     With an ``sde``: ``t ~ U(t_min, t_max)`` (default ``[sde.eps, sde.T]``; equal bounds give a
     single noise level), ``x_t = s(t) x_0 + std(t) z`` and weight ``λ(t)``. Without one: ``x_0``
-    itself, conditioning ``t = fixed_t`` and weight 1.
+    itself, conditioning ``t = fixed_t`` and weight 1. With ``t_grid`` (a 1-D list of times),
+    ``t`` is drawn uniformly from that finite set instead: NCSN's noise levels ``σ_1..σ_L`` on
+    :class:`~scoretut.sde.EDMSDE` (where ``t = σ``, Song & Ermon 2019, Eq. 5), or DDPM's steps
+    ``1..T`` on :class:`~scoretut.schedules.DiscreteVP` (Ho et al. 2020, Eq. 14).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class _NoiseConditional:
         t_max: float | None = None,
         time_sampling: str = "uniform",
         fixed_t: float = 0.0,
+        t_grid: Tensor | list[float] | None = None,
     ):
         if time_sampling not in TIME_SAMPLING:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {time_sampling!r}")
@@ -106,11 +110,17 @@ class _NoiseConditional:
         self.t_max = (sde.T if sde is not None else fixed_t) if t_max is None else float(t_max)
         if not self.t_min <= self.t_max:
             raise ValueError(f"need t_min <= t_max, got {self.t_min} > {self.t_max}")
+        self.t_grid = None if t_grid is None else torch.as_tensor(t_grid, dtype=torch.float64).flatten()
+        if self.t_grid is not None and (sde is None or len(self.t_grid) == 0):
+            raise ValueError("t_grid needs an sde and at least one time")
 
     def times(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
         """Conditioning times ``(batch,)`` for the batch ``x0``."""
         if self.sde is None:
             return as_time(self.fixed_t, x0)
+        if self.t_grid is not None:
+            idx = torch.randint(len(self.t_grid), (x0.shape[0],), generator=generator, device=x0.device)
+            return self.t_grid.to(device=x0.device, dtype=x0.dtype)[idx]
         stratified = self.time_sampling == "stratified"
         return sample_times(x0.shape[0], self.t_min, self.t_max, stratified=stratified,
                             generator=generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
@@ -140,6 +150,7 @@ class DSMLoss(_NoiseConditional):
         eps, T: bounds of the training times (default ``sde.eps``, ``sde.T``); ``eps == T``
             trains a single noise level.
         time_sampling: ``"uniform"`` or ``"stratified"`` (see :func:`sample_times`).
+        t_grid: draw ``t`` uniformly from these times instead (NCSN levels, DDPM steps).
     """
 
     def __init__(
@@ -149,8 +160,9 @@ class DSMLoss(_NoiseConditional):
         eps: float | None = None,
         T: float | None = None,
         time_sampling: str = "uniform",
+        t_grid: Tensor | list[float] | None = None,
     ):
-        super().__init__(sde, weighting, eps, T, time_sampling)
+        super().__init__(sde, weighting, eps, T, time_sampling, t_grid=t_grid)
 
     def __call__(self, score_fn: ScoreFn, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         t = self.times(x0, generator)
@@ -184,8 +196,9 @@ class ISMLoss(_NoiseConditional):
         T: float | None = None,
         time_sampling: str = "uniform",
         fixed_t: float = 0.0,
+        t_grid: Tensor | list[float] | None = None,
     ):
-        super().__init__(sde, weighting, eps, T, time_sampling, fixed_t)
+        super().__init__(sde, weighting, eps, T, time_sampling, fixed_t, t_grid)
 
     def per_sample(
         self, score_fn: ScoreFn, x: Tensor, t: Tensor, generator: torch.Generator | None, create_graph: bool
@@ -233,8 +246,9 @@ class SSMLoss(ISMLoss):
         T: float | None = None,
         time_sampling: str = "uniform",
         fixed_t: float = 0.0,
+        t_grid: Tensor | list[float] | None = None,
     ):
-        super().__init__(sde, weighting, eps, T, time_sampling, fixed_t)
+        super().__init__(sde, weighting, eps, T, time_sampling, fixed_t, t_grid)
         if projection not in ("rademacher", "gaussian"):
             raise ValueError(f"projection must be 'rademacher' or 'gaussian', got {projection!r}")
         if n_projections < 1:

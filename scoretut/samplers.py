@@ -272,3 +272,8 @@ class CountingScore:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         return self.score_fn(x, t)
+
+
+# Samplers defined in their own modules register themselves in SAMPLERS on import:
+# "ddpm", "ddim" (scoretut.ancestral) and "langevin", "annealed_langevin" (scoretut.ncsn).
+from scoretut import ancestral as _ancestral, ncsn as _ncsn  # noqa: E402, F401
