@@ -434,6 +434,18 @@ def loss_variance(model: VDM, x: Tensor, scheme: str, *, batch_size: int = 256, 
     return {"mean": float(d.mean()), "var": float(means.var()), "per_example_var": float(d.var())}
 
 
+@torch.no_grad()
+def diffusion_integrand(model: VDM, x: Tensor, ts: Tensor, seed: int = 0) -> Tensor:
+    """``E_{x,ε}[½ γ'(t) ‖ε − ε̂(z_t; t)‖²]/(d ln 2)`` at each time of ``ts`` ``(K,)``, estimated
+    on the points ``x`` ``(n, dim)`` with one noise draw each; returns ``(K,)``. Its integral over
+    ``[0, 1]`` is the diffusion term ``L_∞`` in bits/dim."""
+    gen = torch.Generator(x.device).manual_seed(seed)
+    K, n = len(ts), len(x)
+    t = ts.to(x.dtype).repeat_interleave(n)
+    terms = VDMLoss(elbo_terms=False, variance_trick=False).terms(model, x.repeat(K, 1), gen, t=t)
+    return terms["diffusion"].reshape(K, n).mean(1) / (x[0].numel() * LOG2)
+
+
 # --------------------------------------------------------------------------- DSM weighting
 
 

@@ -328,3 +328,11 @@ def test_bad_inputs_raise_usage_errors():
         vdm.MonotoneSchedule(positive="square")
     with pytest.raises(UsageError):
         vdm.dsm_weight("edm", vdm.GammaSDE(vdm.LinearSchedule()), torch.rand(3))
+
+
+def test_diffusion_integrand_integrates_to_the_diffusion_loss():
+    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), randomise(vdm.MonotoneSchedule(n_features=16), 6))
+    ts = (torch.arange(400) + 0.5) / 400  # midpoint rule
+    integrand = vdm.diffusion_integrand(model, gaussian_data(2000), ts)
+    exact = vdm.gaussian_diffusion_loss(vdm.GAMMA_MIN, vdm.GAMMA_MAX, VAR, DIM) / (DIM * math.log(2))
+    assert float(integrand.mean()) == pytest.approx(exact, rel=0.02)
