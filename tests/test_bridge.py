@@ -161,7 +161,6 @@ def test_loss_vanishes_for_the_exact_field_on_exact_pairs():
 # --------------------------------------------------------------------------- a learned bridge
 
 
-@pytest.mark.slow  # ~40 s on a loaded 2-core machine
 def test_learned_bridge_moves_mean_and_covariance_to_the_target():
     sigma = 0.3
     data0, data1 = gaussian(8000, M1, C1, 20).float(), gaussian(8000, M2, C2, 21).float()
