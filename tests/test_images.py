@@ -151,7 +151,7 @@ class QueuedRng:
 def test_proxy_shapes_have_the_area_of_their_polygon(kind, area):
     """Area over r² of a shape with circumradius r: π (disc), 2 (square), 3√3/4 (triangle)."""
     black, white = [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]
-    rng = QueuedRng(black, black, white, [0.5, 0.5], 0.3, 0.7)  # top, bottom, colour, centre, r/size, angle
+    rng = QueuedRng(black, black, white, [0.5, 0.5], 0.3, 0.7)  # top, offset, colour, centre, r/size, angle
     size = 64
     img = np.asarray(draw_shape(kind, size, rng), dtype=np.float64)
     assert np.allclose(img[0, 0], 0) and np.allclose(img[size // 2, size // 2], 255)

@@ -1,0 +1,351 @@
+"""DDPM on images end to end: recipe → U-Net → ε-loss with label dropout → guided sampling.
+
+The process is DDPM's (Ho et al. 2020): ``T = 1000`` steps of the linear β schedule from 1e-4
+to 0.02 (or the cosine one), as :class:`scoretut.schedules.DiscreteVP`. The network
+:class:`scoretut.nets.unet.UNet` predicts the noise, ``ε_θ(x_t, t, y)``, and is trained with
+
+.. math::  \\mathcal L = \\mathbb E_{t, x_0, \\varepsilon, y}\\,
+           \\big\\|\\varepsilon - \\varepsilon_\\theta(\\sqrt{\\bar\\alpha_t}\\,x_0 + \\sqrt{1-\\bar\\alpha_t}\\,\\varepsilon,\\ t,\\ \\tilde y)\\big\\|^2,
+           \\qquad t \\sim \\mathcal U\\{1, …, T\\}
+
+(Ho et al. 2020, Eq. 14 — :class:`scoretut.losses.DSMLoss` with ``λ = std²`` on DDPM's steps),
+where ``ỹ`` is the label replaced by the null label 0 with probability ``p_drop`` (0.1):
+one network learns both the conditional and the unconditional noise (Ho & Salimans 2022).
+
+Classifier-free guidance with scale ``w`` samples with
+
+.. math::  \\hat\\varepsilon = \\varepsilon_\\theta(x, t, 0) + w\\,\\big(\\varepsilon_\\theta(x, t, y) - \\varepsilon_\\theta(x, t, 0)\\big),
+
+so ``w = 0`` is unconditional, ``w = 1`` plainly conditional, and ``w > 1`` pushes samples
+towards what makes them recognisably class ``y`` (the course's 7.5 means ``w = 7.5``; Ho &
+Salimans write the same rule as ``(1 + w')ε_c − w'ε_u`` with ``w' = w − 1``). The samplers are
+the shared ones of :mod:`scoretut.ancestral` (``ddpm`` ancestral with ``β̃``, ``ddim`` with
+``η``), which take the score ``−ε̂/√(1−ᾱ_t)``; the estimate ``x̂_0`` is clipped to ``[−1, 1]``
+at every step, as Ho et al. do for images.
+
+A *recipe* (plain dict, stored in each checkpoint) says how to rebuild the model: image size,
+class names, schedule and network sizes. :func:`fit` trains one on an AFHQ-layout folder
+(:mod:`scoretut.data.images`) with :func:`scoretut.train.train`, and :class:`TrainingFiles`
+writes a sample grid and the loss curve while it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from scoretut import distributed
+from scoretut.ancestral import ddim, ddpm
+from scoretut.config import UsageError
+from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
+from scoretut.losses import DSMLoss
+from scoretut.nets.unet import UNet
+from scoretut.schedules import DiscreteVP, ddpm_timesteps, eps_score
+from scoretut.train import TrainConfig, TrainResult, train
+
+__all__ = [
+    "COURSE_NET",
+    "NETS",
+    "TRAINING",
+    "EpsLoss",
+    "TrainingFiles",
+    "build_model",
+    "fit",
+    "generate",
+    "guided_eps",
+    "make_recipe",
+    "make_sde",
+    "save_grid",
+]
+
+COURSE_NET: dict[str, Any] = dict(ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_levels=[1], dropout=0.1,
+                                  groups=32)  # fmt: skip
+"""The course's 64×64 AFHQ U-Net: 128 base channels, multipliers 1-2-2-2, attention at 32×32."""
+
+NETS: dict[str, dict[str, Any]] = {
+    "full": COURSE_NET,
+    "small": dict(ch=64, ch_mult=[1, 2, 2, 2], num_res_blocks=2, attn_levels=[1], dropout=0.1, groups=32),
+    "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_levels=[1], dropout=0.1, groups=8),
+}
+"""U-Net sizes by name: the course network, and smaller ones for quick GPU runs and the CPU."""
+
+TRAINING: dict[str, Any] = dict(batch_size=32, lr=2e-4, warmup=5000, ema_decay=0.9999, grad_clip=1.0)
+"""Optimisation defaults for AFHQ (Ho et al. 2020: Adam 2e-4 with 5000 warm-up steps, EMA 0.9999,
+gradient clipping at 1)."""
+
+SCHEDULES = ("linear", "cosine")
+
+
+def make_recipe(classes: Sequence[str], image_size: int = 64, net: str | dict[str, Any] = "full",
+                schedule: str = "linear", T: int = 1000, cfg_drop: float = 0.1, conditional: bool = True) -> dict:  # fmt: skip
+    """A recipe for ``classes`` (label ``k + 1`` is ``classes[k]``); ``conditional=False`` trains
+    without labels (no class embedding, no guidance)."""
+    if schedule not in SCHEDULES:
+        raise UsageError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if isinstance(net, str):
+        if net not in NETS:
+            raise UsageError(f"unknown network size {net!r}; choose one of: {', '.join(NETS)}")
+        net = NETS[net]
+    if not 0.0 <= cfg_drop < 1.0:
+        raise UsageError(f"the label-drop probability must be in [0, 1), got --cfg-drop {cfg_drop}")
+    factor = 2 ** (len(net["ch_mult"]) - 1)
+    if image_size % factor:
+        raise UsageError(f"--image-size {image_size} must be divisible by {factor} for this U-Net")
+    net = {**copy.deepcopy(net), "num_classes": len(classes) if conditional else 0}
+    return {"image_size": int(image_size), "classes": list(classes), "schedule": schedule, "T": int(T),
+            "net": net, "cfg_drop": float(cfg_drop) if conditional else 0.0}  # fmt: skip
+
+
+def make_sde(recipe: dict[str, Any]) -> DiscreteVP:
+    """The recipe's DDPM chain (linear β 1e-4 → 0.02, or cosine)."""
+    return getattr(DiscreteVP, recipe["schedule"])(recipe["T"])
+
+
+def build_model(recipe: dict[str, Any]) -> UNet:
+    """A freshly initialised U-Net of the recipe (seed the global RNG first)."""
+    return UNet(**recipe["net"])
+
+
+def label_tensor(recipe: dict[str, Any], labels: int | str | Sequence[int] | Tensor | None, n: int) -> Tensor | None:
+    """Labels ``(n,)`` for sampling: a class name or label for all, one per sample, or ``None`` —
+    the classes in turn ``1, 2, …, K, 1, …`` for a conditional model, no labels otherwise."""
+    k = recipe["net"]["num_classes"]
+    if k == 0:
+        if labels is not None:
+            raise UsageError("this model was trained without labels (no --cfg); drop --label and --cfg-scale")
+        return None
+    if labels is None:
+        return torch.arange(n) % k + 1
+    if isinstance(labels, str):
+        if labels not in recipe["classes"]:
+            raise UsageError(f"unknown class {labels!r}; choose one of: {', '.join(recipe['classes'])}")
+        labels = recipe["classes"].index(labels) + 1
+    y = torch.as_tensor(labels, dtype=torch.long).flatten()
+    y = y.expand(n) if y.numel() == 1 else y
+    if y.numel() != n or bool(((y < 0) | (y > k)).any()):
+        raise UsageError(f"need {n} labels in 0..{k}, got {labels!r}")
+    return y.clone()
+
+
+# -- training ------------------------------------------------------------------------------------
+class EpsLoss:
+    """DDPM's ε-loss with classifier-free label dropout (module docstring).
+
+    ``loss(model, batch, generator)`` with ``batch = (x_0, y)`` (or ``x_0`` alone for an
+    unconditional model) and ``model(x, t, y)`` the noise-prediction network. The label of each
+    example becomes :data:`~scoretut.data.images.NULL_LABEL` with probability ``p_drop`` (drawn
+    from ``generator``); the rest is :class:`scoretut.losses.DSMLoss` on
+    :class:`~scoretut.schedules.DiscreteVP` over the steps ``1..T`` with ``λ = std²``, which is
+    exactly ``‖ε − ε̂‖²`` summed over pixels and averaged over the batch.
+    """
+
+    def __init__(self, sde: DiscreteVP, p_drop: float = 0.1):
+        self.sde, self.p_drop = sde, float(p_drop)
+        self.dsm = DSMLoss(sde, t_grid=sde.train_grid())
+
+    def __call__(self, model: Callable[..., Tensor], batch: Tensor | Sequence[Tensor],
+                 generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+        x0, y = (batch, None) if isinstance(batch, Tensor) else batch
+        if y is not None and self.p_drop > 0:
+            drop = torch.rand(y.shape, generator=generator, device=y.device) < self.p_drop
+            y = torch.where(drop, torch.full_like(y, NULL_LABEL), y)
+        return self.dsm(eps_score(self.sde, lambda x, t: model(x, t, y)), x0, generator)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2) -> Path:
+    """Write images ``(n, 3, H, W)`` in ``[−1, 1]`` as one PNG grid of ``nrow`` columns (atomic)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    canvas = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i, img in enumerate(to_bytes(images.cpu())):
+        r, col = divmod(i, nrow)
+        canvas[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
+    path = Path(path)
+    _atomic_write(path, lambda p: Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(p, format="PNG"))
+    return path
+
+
+def plot_history(history: Sequence[tuple[int, float]], path: str | os.PathLike) -> Path:
+    """The loss curve (log scale) of a training history as a PNG (atomic)."""
+    from scoretut.viz import new_figure
+
+    fig, ax = new_figure((5.0, 3.2), {"left": 0.15, "bottom": 0.16, "right": 0.96, "top": 0.92})
+    steps, losses = zip(*history) if history else ((), ())
+    ax.plot(steps, losses, lw=1.2)
+    ax.set(xlabel="step", ylabel="ε-loss (mean per window)", yscale="log" if history else "linear")
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    return path
+
+
+class TrainingFiles:
+    """A :func:`~scoretut.train.train` callback that writes, every ``every`` steps, a grid of
+    ``n`` samples of the EMA model (``samples_STEP.png``, same noise each time, so grids can be
+    compared) and the loss curve so far (``loss.png``) into ``out_dir``."""
+
+    def __init__(self, out_dir: str | os.PathLike, recipe: dict[str, Any], every: int, n: int = 16,
+                 sampler: str = "ddim", steps: int = 20, cfg_scale: float = 1.0, seed: int = 0):  # fmt: skip
+        self.out, self.recipe, self.every, self.n = Path(out_dir), recipe, every, n
+        self.options = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=seed)
+        self.written: list[Path] = []
+
+    def __call__(self, result: TrainResult) -> None:
+        if self.every <= 0 or result.step % self.every:
+            return
+        self.written.append(plot_history(result.history, self.out / "loss.png"))
+        ema = result.ema
+        was_training = ema.training
+        ema.eval()
+        try:
+            device = next(ema.parameters()).device
+            x = generate(ema, self.recipe, self.n, device=device, **self.options)
+        finally:
+            ema.train(was_training)
+        self.written.append(save_grid(x, self.out / f"samples_{result.step:07d}.png", nrow=min(8, self.n)))
+
+
+def fit(
+    data: str | os.PathLike | ImageFolder,
+    steps: int,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    image_size: int = 64,
+    net: str | dict[str, Any] = "full",
+    conditional: bool = True,
+    cfg_drop: float = 0.1,
+    schedule: str = "linear",
+    T: int = 1000,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    limit: int | None = None,
+    sample_every: int = 0,
+    callback: Callable[[TrainResult], None] | None = None,
+    **train_options: Any,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train a DDPM on the ``train`` split of an AFHQ-layout folder; return ``(result, recipe)``.
+
+    ``data`` is the folder (or an already loaded :class:`ImageFolder`); ``train_options`` are
+    :class:`~scoretut.train.TrainConfig` fields overriding :data:`TRAINING` (``batch_size``,
+    ``lr``, ``amp``, ``compile``, ...). In a ``torchrun`` process group each rank reads its own
+    shard of the data. With ``out_dir`` the checkpoint goes to ``out_dir/ckpt.pt`` and, every
+    ``sample_every`` steps, :class:`TrainingFiles` writes sample grids and the loss curve.
+    """
+    dataset = data if isinstance(data, ImageFolder) else ImageFolder(data, "train", image_size, limit=limit)
+    recipe = make_recipe(dataset.classes, dataset.size, net, schedule, T, cfg_drop, conditional)
+    rank, world = distributed.world()
+    opts = {**TRAINING, "seed": seed, **train_options}
+    opts.setdefault("log_every", max(1, min(100, steps // 20 or 1)))
+    cfg = TrainConfig(steps=steps, **opts)
+    if sample_every and out_dir is not None and sample_every % cfg.log_every:
+        raise UsageError(f"--sample-every {sample_every} must be a multiple of --log-every {cfg.log_every}")
+    batches = ImageBatches(dataset, seed=seed, rank=rank, world_size=world)
+    torch.manual_seed(seed)
+    model = build_model(recipe)
+    sde = make_sde(recipe)
+    callbacks = [c for c in (callback,) if c is not None]
+    if sample_every and out_dir is not None:
+        callbacks.append(TrainingFiles(out_dir, recipe, sample_every, seed=seed))
+    result = train(model, EpsLoss(sde, recipe["cfg_drop"]), batches, cfg, out_dir=out_dir, resume=resume,
+                   device=device, config={"kind": "ddpm-image", "recipe": recipe},
+                   callback=(lambda r: [c(r) for c in callbacks]) if callbacks else None)  # fmt: skip
+    return result, recipe
+
+
+# -- sampling ------------------------------------------------------------------------------------
+def guided_eps(model: nn.Module, y: Tensor | None, scale: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """``ε̂(x, t) = ε(x, t, 0) + w (ε(x, t, y) − ε(x, t, 0))`` with ``w = scale`` (module docstring).
+
+    ``scale = 1`` (or ``y = None``) calls the network once; otherwise the conditional and the
+    unconditional inputs go through it as one batch of ``2B``.
+    """
+
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        if y is None or scale == 1.0:
+            return model(x, t, y)
+        null = torch.full_like(y, NULL_LABEL)
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return eps
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    recipe: dict[str, Any],
+    n: int,
+    *,
+    labels: int | str | Sequence[int] | Tensor | None = None,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    cfg_scale: float = 1.0,
+    eta: float = 0.0,
+    clip_x0: float | None = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+    every: int | None = None,
+) -> Tensor | list[tuple[float, Tensor]]:
+    """``n`` images ``(n, 3, H, W)`` in ``[−1, 1]`` from the DDPM ``model`` (in eval mode).
+
+    ``sampler`` is ``"ddpm"`` (ancestral, ``β̃`` variance) or ``"ddim"`` (``eta``); ``steps``
+    defaults to ``T`` for ``ddpm`` and 50 for ``ddim`` (evenly respaced integer steps, ending at
+    ``t = 0``). ``labels`` as in :func:`label_tensor`; ``cfg_scale`` is the guidance scale
+    ``w``. The start noise and the sampler noise come from one generator seeded with ``seed``,
+    used batch after batch of ``batch_size`` (default: all at once). With ``every = k`` the
+    result is instead the trajectory ``[(t, x), …]`` of every ``k``-th state (and the last) of a
+    single batch, on the CPU.
+    """
+    if n < 1:
+        raise UsageError(f"the number of images must be positive, got --n {n}")
+    if sampler not in ("ddpm", "ddim"):
+        raise UsageError(f"unknown image sampler {sampler!r}; choose ddpm or ddim")
+    options = {"eta": eta} if sampler == "ddim" else {}
+    fn = ddim if sampler == "ddim" else ddpm
+    sde = make_sde(recipe)
+    steps = steps or (recipe["T"] if sampler == "ddpm" else 50)
+    ts = ddpm_timesteps(sde, steps)
+    y_all = label_tensor(recipe, labels, n)
+    if y_all is None and cfg_scale != 1.0:
+        raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
+    model = model.to(device).eval()
+    size, channels = recipe["image_size"], recipe["net"].get("channels", 3)
+    gen = torch.Generator(device).manual_seed(seed)
+    batch_size = n if every is not None else (batch_size or n)
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        y = None if y_all is None else y_all[start : start + b].to(device)
+        score = eps_score(sde, guided_eps(model, y, cfg_scale))
+        x = torch.randn((b, channels, size, size), generator=gen, device=device)
+        steps_iter = fn(sde, score, x, ts, generator=gen, clip_x0=clip_x0, **options)
+        if every is not None:
+            return [(s.t, s.x.cpu()) for s in steps_iter if s.i % every == 0 or s.i == len(ts) - 1]
+        for s in steps_iter:
+            x = s.x
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
