@@ -5,6 +5,7 @@
     scoretut toy train  --data swiss_roll --steps 2000 --seed 0 --out runs/roll
     scoretut toy sample --ckpt runs/roll/ckpt.pt --n 10000 --seed 0 --out samples.npy [--sampler NAME --nfe N]
     scoretut toy eval   --samples samples.npy --data swiss_roll
+    scoretut ddpm proxy|train|sample|fid ...   (images; see scoretut.cli_ddpm)
 
 Bad input never ends in a traceback: it prints one line naming the fix and exits with code 2.
 """
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from scoretut.cli_ddpm import COMMANDS as DDPM_COMMANDS
+from scoretut.cli_ddpm import add_parsers as add_ddpm_parsers
 from scoretut.config import UsageError
 
 
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", required=True, type=Path, help=".npy file of shape (n, 2)")
     ev.add_argument("--data", default="swiss_roll", help="the data set the samples should match")
     ev.add_argument("--seed", type=int, default=0, help="seed of the target draw")
+    add_ddpm_parsers(groups, _Parser, _positive, _add_common)
     return parser
 
 
@@ -216,6 +220,7 @@ def cmd_eval(args) -> int:
 
 
 COMMANDS = {("toy", "train"): cmd_train, ("toy", "sample"): cmd_sample, ("toy", "eval"): cmd_eval}
+COMMANDS.update(DDPM_COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

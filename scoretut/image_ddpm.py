@@ -142,16 +142,18 @@ class EpsLoss:
     example becomes :data:`~scoretut.data.images.NULL_LABEL` with probability ``p_drop`` (drawn
     from ``generator``); the rest is :class:`scoretut.losses.DSMLoss` on
     :class:`~scoretut.schedules.DiscreteVP` over the steps ``1..T`` with ``λ = std²``, which is
-    exactly ``‖ε − ε̂‖²`` summed over pixels and averaged over the batch.
+    exactly ``‖ε − ε̂‖²`` summed over pixels and averaged over the batch. With
+    ``use_labels=False`` (an unconditional network) the labels are ignored.
     """
 
-    def __init__(self, sde: DiscreteVP, p_drop: float = 0.1):
-        self.sde, self.p_drop = sde, float(p_drop)
+    def __init__(self, sde: DiscreteVP, p_drop: float = 0.1, use_labels: bool = True):
+        self.sde, self.p_drop, self.use_labels = sde, float(p_drop), use_labels
         self.dsm = DSMLoss(sde, t_grid=sde.train_grid())
 
     def __call__(self, model: Callable[..., Tensor], batch: Tensor | Sequence[Tensor],
                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
         x0, y = (batch, None) if isinstance(batch, Tensor) else batch
+        y = y if self.use_labels else None
         if y is not None and self.p_drop > 0:
             drop = torch.rand(y.shape, generator=generator, device=y.device) < self.p_drop
             y = torch.where(drop, torch.full_like(y, NULL_LABEL), y)
@@ -268,7 +270,8 @@ def fit(
     callbacks = [c for c in (callback,) if c is not None]
     if sample_every and out_dir is not None:
         callbacks.append(TrainingFiles(out_dir, recipe, sample_every, seed=seed))
-    result = train(model, EpsLoss(sde, recipe["cfg_drop"]), batches, cfg, out_dir=out_dir, resume=resume,
+    loss = EpsLoss(sde, recipe["cfg_drop"], use_labels=recipe["net"]["num_classes"] > 0)
+    result = train(model, loss, batches, cfg, out_dir=out_dir, resume=resume,
                    device=device, config={"kind": "ddpm-image", "recipe": recipe},
                    callback=(lambda r: [c(r) for c in callbacks]) if callbacks else None)  # fmt: skip
     return result, recipe

@@ -1,0 +1,124 @@
+"""``scoretut ddpm proxy|train|sample|fid`` end to end on a tiny proxy, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoretut.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TRAIN = ("--image-size", "8", "--net", "tiny", "--batch", "4", "--lr", "1e-3", "--warmup", "1", "--ema-decay", "0.9",
+         "--log-every", "2", "--device", "cpu", "--quiet")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory) -> Path:
+    from scoretut.data.images import write_proxy
+
+    return write_proxy(tmp_path_factory.mktemp("data") / "proxy", n_train=8, n_val=4, size=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(proxy, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    code = main(["ddpm", "train", "--data", str(proxy), "--save_dir", str(out), "--steps", "4", "--use_cfg",
+                 "--sample-every", "2", *TRAIN])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_proxy_command_writes_the_layout(tmp_path, capsys):
+    code, out, _ = run(capsys, "ddpm", "proxy", "--out", tmp_path / "p", "--n-train", "2", "--n-val", "1", "--size", "8")
+    assert code == 0 and json.loads(out)["classes"] == 3
+    assert len(list((tmp_path / "p" / "train" / "square").glob("*.png"))) == 2
+    assert len(list((tmp_path / "p" / "val" / "disc").glob("*.png"))) == 1
+
+
+def test_train_writes_checkpoint_grids_and_loss_curve(run_dir):
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["ckpt.pt", "loss.png", "samples_0000002.png", "samples_0000004.png"]
+    state = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    assert state["config"]["recipe"]["net"]["num_classes"] == 3 and state["config"]["recipe"]["cfg_drop"] == 0.1
+
+
+def test_resume_through_the_cli_equals_an_uninterrupted_run(proxy, tmp_path, capsys):
+    args = ("ddpm", "train", "--data", proxy, "--sample-every", "0", *TRAIN)
+    assert run(capsys, *args, "--out", tmp_path / "full", "--steps", "4")[0] == 0
+    assert run(capsys, *args, "--out", tmp_path / "part", "--steps", "2")[0] == 0
+    code, out, _ = run(capsys, *args, "--out", tmp_path / "part", "--steps", "4", "--resume")
+    assert code == 0 and json.loads(out)["steps"] == 4
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)["ema"]
+    b = torch.load(tmp_path / "part" / "ckpt.pt", weights_only=True)["ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sample_then_fid(run_dir, proxy, tmp_path, capsys):
+    out = tmp_path / "samples"
+    code, text, _ = run(capsys, "ddpm", "sample", "--ckpt_path", run_dir / "ckpt.pt", "--save_dir", out, "--n", "6",
+                        "--sampler", "ddim", "--steps", "3", "--label", "disc", "--cfg-scale", "2", "--device", "cpu",
+                        "--grid", tmp_path / "grid.png")  # fmt: skip
+    assert code == 0, text
+    info = json.loads(text)
+    assert info["n"] == 6 and info["cfg_scale"] == 2.0 and info["steps"] == 3
+    assert len(list(out.glob("*.png"))) == 6 and (tmp_path / "grid.png").is_file()
+    # a second run into the same folder must be asked for
+    code, _, err = run(capsys, "ddpm", "sample", "--ckpt", run_dir / "ckpt.pt", "--out", out, "--n", "2", "--steps", "2",
+                       "--sampler", "ddim", "--device", "cpu")  # fmt: skip
+    assert code == 2 and "--overwrite" in err
+    classifier = tmp_path / "clf.pt"
+    args = ("ddpm", "fid", "--real", proxy / "val", "--fake", out, "--size", "8", "--classifier-steps", "5",
+            "--classifier", classifier, "--device", "cpu")  # fmt: skip
+    code, text, _ = run(capsys, *args)
+    first = json.loads(text)
+    assert code == 0 and first["metric"].startswith("FD_classifier") and first["n_real"] == 12 and first["n_fake"] == 6
+    assert first["value"] >= 0 and classifier.is_file()
+    code, text, _ = run(capsys, *args)  # the cached classifier gives the same number
+    assert code == 0 and json.loads(text)["value"] == first["value"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("ddpm", "train", "--data", "{tmp}/none", "--out", "{tmp}/r", "--steps", "2", "--device", "cpu"), "expected the layout"),
+        (("ddpm", "train", "--data", "{proxy}", "--out", "{tmp}/r", "--image-size", "10", "--net", "tiny"), "divisible by 4"),
+        (("ddpm", "sample", "--ckpt", "{tmp}/none.pt", "--out", "{tmp}/s"), "does not exist"),
+        (("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/s", "--label", "cat", "--device", "cpu"),
+         "unknown class 'cat'"),
+        (("ddpm", "fid", "--real", "{tmp}", "--fake", "{tmp}"), "--classifier-data"),
+        (("ddpm", "fid", "--real", "{proxy}/val", "--fake", "{tmp}", "--inception-weights", "{tmp}/w.pth"), "not found"),
+        (("ddpm", "fid", "--real", "{tmp}/none", "--fake", "{tmp}"), "is not a folder"),
+        (("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/s", "--sampler", "heun"), "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(argv, message, proxy, run_dir, tmp_path, capsys):
+    args = [a.format(tmp=tmp_path, proxy=proxy, run=run_dir) for a in argv]
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_cpu_processes(proxy, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scoretut",
+           "ddpm", "train", "--data", str(proxy), "--out", str(tmp_path / "ddp"), "--steps", "2", "--cfg",
+           "--sample-every", "0", *TRAIN]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and json.loads(lines[0])["processes"] == 2  # only rank 0 reports
+    state = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
+    assert len(state["ranks"]) == 2
