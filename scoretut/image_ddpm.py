@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -58,6 +59,8 @@ __all__ = [
     "build_model",
     "fit",
     "generate",
+    "grid_image",
+    "grid_png",
     "guided_eps",
     "make_recipe",
     "make_sde",
@@ -173,18 +176,37 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def save_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2) -> Path:
-    """Write images ``(n, 3, H, W)`` in ``[−1, 1]`` as one PNG grid of ``nrow`` columns (atomic)."""
-    from PIL import Image
-
+def grid_image(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1) -> "np.ndarray":
+    """Images ``(n, 3, H, W)`` in ``[−1, 1]`` tiled row by row into one ``uint8`` array
+    ``(rows·(H+pad)+pad, nrow·(W+pad)+pad, 3)`` on white, each pixel repeated ``scale`` times."""
     n, c, h, w = images.shape
     rows = -(-n // nrow)
     canvas = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
     for i, img in enumerate(to_bytes(images.cpu())):
         r, col = divmod(i, nrow)
         canvas[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
+    canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    return canvas.permute(1, 2, 0).numpy()
+
+
+def grid_png(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1) -> bytes:
+    """:func:`grid_image` as PNG bytes (a frame for :func:`scoretut.viz.frames_widget`)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(grid_image(images, nrow, pad, scale)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2) -> Path:
+    """Write images ``(n, 3, H, W)`` in ``[−1, 1]`` as one PNG grid of ``nrow`` columns (atomic)."""
+    from PIL import Image
+
+    canvas = grid_image(images, nrow, pad)
     path = Path(path)
-    _atomic_write(path, lambda p: Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(p, format="PNG"))
+    _atomic_write(path, lambda p: Image.fromarray(canvas).save(p, format="PNG"))
     return path
 
 
