@@ -218,3 +218,15 @@ def test_bad_mixtures_are_usage_errors():
         GaussianMixture2D(-torch.ones(1), mu, cov)
     with pytest.raises(UsageError, match="std"):
         gmm_example().perturbed(-1.0)
+
+
+def test_gmm_responsibilities_are_bayes_rule_over_components():
+    """r_k(x) = w_k N(x; μ_k, Σ_k) / p(x), each component's density from a one-component mixture."""
+    gmm = gmm_example()
+    x = gmm.sample(500, torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = gmm.responsibilities(x)
+    parts = [GaussianMixture2D(gmm.weights[k : k + 1], gmm.means[k : k + 1], gmm.covariances[k : k + 1])
+             for k in range(gmm.num_components)]  # fmt: skip
+    by_hand = torch.stack([gmm.weights[k] * parts[k].log_prob(x).exp() for k in range(3)], -1) / gmm.log_prob(x).exp()[:, None]
+    assert r.shape == (500, 3) and torch.allclose(r.sum(-1), torch.ones(500, dtype=torch.float64))
+    assert torch.allclose(r, by_hand, rtol=1e-10, atol=1e-12)

@@ -49,12 +49,8 @@ def test_unadjusted_langevin_bias_on_a_gaussian():
 
 def mode_fractions(gmm: GaussianMixture2D, x: torch.Tensor) -> torch.Tensor:
     """Fraction of points whose most responsible component is k, for each k."""
-    logits = torch.stack([
-        GaussianMixture2D(gmm.weights[k : k + 1], gmm.means[k : k + 1], gmm.covariances[k : k + 1]).log_prob(x.double())
-        + gmm.weights[k].log()
-        for k in range(gmm.num_components)
-    ], -1)  # fmt: skip
-    return torch.bincount(logits.argmax(-1), minlength=gmm.num_components).double() / len(x)
+    best = gmm.responsibilities(x.double()).argmax(-1)
+    return torch.bincount(best, minlength=gmm.num_components).double() / len(x)
 
 
 def test_annealed_langevin_on_the_gmm_recovers_the_mode_weights():

@@ -214,7 +214,9 @@ class GaussianMixture2D:
 
     # ------------------------------------------------------------------ density and score
 
-    def _log_prob_and_score(self, x: Tensor, scale: float | Tensor, std: float | Tensor) -> tuple[Tensor, Tensor]:
+    def _log_prob_and_score(
+        self, x: Tensor, scale: float | Tensor, std: float | Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Log-density and score of the law of :math:`s\\,x_0+\\sigma z` (this mixture when s=1, σ=0).
 
         That law is the mixture with means :math:`s\\mu_k` and covariances
@@ -225,7 +227,8 @@ class GaussianMixture2D:
         .. math::  \\nabla_x\\log p(x) = -\\sum_k r_k(x)\\,C_k^{-1}(x - s\\mu_k).
 
         ``x`` is ``(..., 2)``; ``scale`` and ``std`` are scalars or tensors broadcastable to
-        ``x.shape[:-1]`` (one time per point). Returns ``(...)`` and ``(..., 2)`` in float64.
+        ``x.shape[:-1]`` (one time per point). Returns ``(...)``, ``(..., 2)`` and the
+        responsibilities ``(..., K)``, in float64.
         """
         x = torch.as_tensor(x)
         if x.shape[-1:] != (2,):
@@ -247,7 +250,11 @@ class GaussianMixture2D:
         log_p = torch.logsumexp(logits, dim=-1)
         resp = torch.softmax(logits, dim=-1)
         score = -torch.stack([(resp * prec_u).sum(-1), (resp * prec_y).sum(-1)], dim=-1)
-        return log_p, score
+        return log_p, score, resp
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """:math:`r_k(x) = w_k\,\mathcal N(x;\mu_k,\Sigma_k)/p(x)`, the posterior probability of each component; ``(..., 2) -> (..., K)``."""
+        return self._log_prob_and_score(x, 1.0, 0.0)[2].to(_float_dtype(x))
 
     def log_prob(self, x: Tensor) -> Tensor:
         """:math:`\\log p(x) = \\operatorname{logsumexp}_k[\\log w_k + \\log\\mathcal N(x;\\mu_k,\\Sigma_k)]`; ``(..., 2) -> (...)``."""
