@@ -26,7 +26,7 @@ network pass ``score_fn = scoretut.schedules.eps_score(sde, eps_model)``.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,12 +39,26 @@ from scoretut.sde import SDE, ScoreFn, as_time
 VARIANCES = ("beta_tilde", "beta")
 
 
-def _coefficients(sde: SDE, t: float, s: float) -> tuple[float, float, float, float, float, float, float]:
-    """``α_t, σ_t, α_s, σ_s`` and the posterior ``(c_0, c_t, β̃)`` from ``t`` to ``s``, as floats."""
-    tt = torch.tensor([t, s], dtype=torch.float64)
-    scale, std = sde.scale(tt).to(torch.float64), sde.std(tt).to(torch.float64)
-    c0, ct, var = (float(v) for v in gaussian_posterior(scale[0], std[0], scale[1], std[1]))
-    return float(scale[0]), float(std[0]), float(scale[1]), float(std[1]), c0, ct, var
+class _Coefficients(NamedTuple):
+    """``α_t, σ_t, α_s, σ_s`` and the posterior ``q(x_s | x_t, x_0) = N(c0 x_0 + ct x_t, var)``."""
+
+    a_t: float
+    sd_t: float
+    a_s: float
+    sd_s: float
+    c0: float
+    ct: float
+    var: float
+
+
+def _steps(sde: SDE, ts: Tensor) -> Iterator[tuple[int, float, float, _Coefficients]]:
+    """``(i, t, s, coefficients)`` for every step ``t = ts[i] → s = ts[i+1]`` of a checked grid."""
+    for i in range(len(ts) - 1):
+        t, s = float(ts[i]), float(ts[i + 1])
+        tt = torch.tensor([t, s], dtype=torch.float64)
+        scale, std = sde.scale(tt).to(torch.float64), sde.std(tt).to(torch.float64)
+        c0, ct, var = (float(v) for v in gaussian_posterior(scale[0], std[0], scale[1], std[1]))
+        yield i, t, s, _Coefficients(float(scale[0]), float(std[0]), float(scale[1]), float(std[1]), c0, ct, var)
 
 
 def _predict(score_fn: ScoreFn, x: Tensor, t: float, a_t: float, sd_t: float, clip_x0: float | None):
@@ -90,17 +104,13 @@ def ddpm(
         raise UsageError(f"unknown DDPM variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
     ts = _check_grid(ts)
     yield Step(0, float(ts[0]), x)
-    for i in range(len(ts) - 1):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, sd_t, a_s, sd_s, c0, ct, var = _coefficients(sde, t, s)
-        _, x0 = _predict(score_fn, x, t, a_t, sd_t, clip_x0)
-        mean = c0 * x0 + ct * x
-        if sd_s > 0:
-            if variance == "beta":
-                var = sd_t**2 - (a_t / a_s) ** 2 * sd_s**2
-            x = mean + math.sqrt(var) * _noise(x, generator)
-        else:
-            x = mean
+    for i, t, s, c in _steps(sde, ts):
+        _, x0 = _predict(score_fn, x, t, c.a_t, c.sd_t, clip_x0)
+        x_next = c.c0 * x0 + c.ct * x
+        if c.sd_s > 0:  # β = σ_t² − a² σ_s², a = α_t/α_s: the variance of the forward step s → t
+            var = c.sd_t**2 - (c.a_t / c.a_s) ** 2 * c.sd_s**2 if variance == "beta" else c.var
+            x_next = x_next + math.sqrt(var) * _noise(x, generator)
+        x = x_next
         yield Step(i + 1, s, x)
 
 
@@ -125,12 +135,10 @@ def ddim(
         raise UsageError(f"DDIM needs eta >= 0 (0 deterministic, 1 = DDPM), got {eta}")
     ts = _check_grid(ts)
     yield Step(0, float(ts[0]), x)
-    for i in range(len(ts) - 1):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, sd_t, a_s, sd_s, _, _, var = _coefficients(sde, t, s)
-        eps, x0 = _predict(score_fn, x, t, a_t, sd_t, clip_x0)
-        sigma = eta * math.sqrt(var)
-        x = a_s * x0 + math.sqrt(max(sd_s**2 - sigma**2, 0.0)) * eps
+    for i, t, s, c in _steps(sde, ts):
+        eps, x0 = _predict(score_fn, x, t, c.a_t, c.sd_t, clip_x0)
+        sigma = eta * math.sqrt(c.var)
+        x = c.a_s * x0 + math.sqrt(max(c.sd_s**2 - sigma**2, 0.0)) * eps
         if sigma > 0:
             x = x + sigma * _noise(x, generator)
         yield Step(i + 1, s, x)

@@ -253,7 +253,7 @@ class GaussianMixture2D:
         return log_p, score, resp
 
     def responsibilities(self, x: Tensor) -> Tensor:
-        """:math:`r_k(x) = w_k\,\mathcal N(x;\mu_k,\Sigma_k)/p(x)`, the posterior probability of each component; ``(..., 2) -> (..., K)``."""
+        """Posterior probability of each component, :math:`r_k(x) = w_k\\,\\mathcal N(x;\\mu_k,\\Sigma_k)/p(x)`; ``(..., 2) -> (..., K)``."""
         return self._log_prob_and_score(x, 1.0, 0.0)[2].to(_float_dtype(x))
 
     def log_prob(self, x: Tensor) -> Tensor:
