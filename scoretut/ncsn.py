@@ -87,6 +87,8 @@ def annealed_langevin(
     ts = torch.as_tensor(ts, dtype=torch.float64)
     sigmas = sde.sigma(ts)
     sigma_L = float(sigmas[-1])
+    if not sigma_L > 0:
+        raise UsageError("annealed Langevin needs noise levels > 0; end the grid at σ_L > 0, e.g. ts = ncsnv2_sigmas(data)")
     k = 0
     yield Step(k, float(ts[0]), x)
     for t, sigma in zip(ts.tolist(), sigmas.tolist()):

@@ -149,6 +149,8 @@ def test_bad_inputs_raise_usage_errors():
         next(langevin(None, gaussian_score, torch.zeros(2, 2), torch.zeros(3), step_size=0))
     with pytest.raises(UsageError):
         next(annealed_langevin(EDMSDE(), gaussian_score, torch.zeros(2, 2), torch.ones(3), eps=-1))
+    with pytest.raises(UsageError):  # a grid ending at σ = 0 (e.g. the EDM grid) has no σ_L
+        next(annealed_langevin(EDMSDE(), gaussian_score, torch.zeros(2, 2), torch.tensor([1.0, 0.0])))
     with pytest.raises(UsageError):
         max_pairwise_distance(torch.zeros(1, 2))
     with pytest.raises(UsageError):
