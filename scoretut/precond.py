@@ -5,13 +5,24 @@ Karras et al. (2022, Eq. 7) write every diffusion model as a denoiser of the res
 
 .. math::  \\nabla_x \\log p_t(x) = \\frac{s(t)\\,D(x/s(t);\\,\\sigma(t)) - x}{s(t)^2\\,\\sigma(t)^2}.
 
-:class:`EDMPrecond` wraps a raw network ``F`` with the preconditioning of Karras et al.
-(2022, Table 1, Eq. 7):
+Every model of Karras et al. (2022, Table 1) wraps a raw network ``F`` the same way (Eq. 7):
 
 .. math::  D(x̂;σ) = c_\\text{skip}(σ)\\,x̂ + c_\\text{out}(σ)\\,F\\big(c_\\text{in}(σ)\\,x̂,\\; c_\\text{noise}(σ)\\big),
 
-``c_skip = σ_d²/(σ²+σ_d²)``, ``c_out = σσ_d/√(σ²+σ_d²)``, ``c_in = 1/√(σ²+σ_d²)``,
-``c_noise = ¼ ln σ``.
+and the models differ only in the four coefficients (one :class:`Precond` subclass each):
+
+========  ==============  ==============  ===================  ==================================
+model     c_skip          c_out           c_in                 c_noise
+========  ==============  ==============  ===================  ==================================
+VP        1               −σ              1/√(σ²+1)            (M−1) t(σ)  (VP time of σ)
+VE        1               σ               1                    ln(σ/2)
+iDDPM     1               −σ              1/√(σ²+1)            M−1−argmin_j |u_j − σ|
+EDM       σ_d²/(σ²+σ_d²)  σσ_d/√(σ²+σ_d²)  1/√(σ²+σ_d²)         ¼ ln σ
+========  ==============  ==============  ===================  ==================================
+
+With ``c_skip = 1`` and ``c_out = ∓σ`` the VP and iDDPM networks predict the noise ``ε`` and the
+VE network predicts ``−ε``; EDM's choice keeps the network's input and its training target at
+unit variance for data of standard deviation ``σ_d`` at every σ (Karras et al. 2022, App. B.6).
 
 The conversions below use the VP-style notation ``x_t = α x_0 + σ_t ε`` with ``α = s(t)`` and
 ``σ_t = std(t)``; ``v = α ε − σ_t x_0`` (Salimans & Ho 2022) assumes ``α² + σ_t² = 1``.
@@ -19,11 +30,13 @@ The conversions below use the VP-style notation ``x_t = α x_0 + σ_t ε`` with 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from scoretut.config import UsageError
-from scoretut.sde import SDE, ScoreFn, as_time, bcast
+from scoretut.sde import SDE, VPSDE, ScoreFn, as_time, bcast
 
 
 def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -37,21 +50,113 @@ def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, 
     return c_skip, c_out, c_in, c_noise
 
 
-class EDMPrecond(nn.Module):
+def vp_coefficients(sigma: Tensor, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
+    """VP row of Karras et al. (2022), Table 1: ``(1, −σ, 1/√(σ²+1), (M−1) t(σ))``.
+
+    ``t(σ)`` inverts ``σ(t) = √(exp(½β_d t² + β_min t) − 1)``, the noise level of
+    :class:`~scoretut.sde.VPSDE` with ``β_max = β_min + β_d`` (Song et al. 2021).
+    """
+    sigma = torch.as_tensor(sigma)
+    t = VPSDE(beta_min, beta_min + beta_d).t_from_sigma(sigma).to(sigma.dtype)
+    return torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt(), (M - 1) * t
+
+
+def ve_coefficients(sigma: Tensor):
+    """VE row of Karras et al. (2022), Table 1: ``(1, σ, 1, ln(σ/2))`` (NCSN / SMLD)."""
+    sigma = torch.as_tensor(sigma)
+    return torch.ones_like(sigma), sigma, torch.ones_like(sigma), torch.log(sigma / 2)
+
+
+def iddpm_sigmas(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> Tensor:
+    """The ``M + 1`` noise levels ``u_0 > … > u_M = 0`` of iDDPM (Karras et al. 2022, Table 1).
+
+    ``u_{j−1} = √((u_j² + 1) / max(ᾱ_{j−1}/ᾱ_j, C_1) − 1)`` with the cosine schedule
+    ``ᾱ_j = sin²(π/2 · j / (M (C_2 + 1)))`` of Nichol & Dhariwal (2021); where the clip is
+    inactive ``u_j² + 1 = ᾱ_M/ᾱ_j``, i.e. ``u_j`` is the noise level of DDPM step ``M − j``.
+    """
+    alpha_bar = lambda j: math.sin(0.5 * math.pi * j / (M * (C_2 + 1))) ** 2  # noqa: E731
+    u = torch.zeros(M + 1, dtype=torch.float64)
+    for j in range(M, 0, -1):
+        ratio = max(alpha_bar(j - 1) / alpha_bar(j), C_1)
+        u[j - 1] = math.sqrt((float(u[j]) ** 2 + 1) / ratio - 1)
+    return u
+
+
+def iddpm_coefficients(sigma: Tensor, u: Tensor):
+    """iDDPM row of Karras et al. (2022), Table 1: ``(1, −σ, 1/√(σ²+1), M−1−argmin_j |u_j − σ|)``.
+
+    ``u`` is :func:`iddpm_sigmas` (length ``M + 1``); ``c_noise`` is the DDPM step index of the
+    nearest tabulated noise level.
+    """
+    sigma = torch.as_tensor(sigma)
+    M = len(u) - 1
+    j = (sigma.to(u.dtype)[..., None] - u.to(sigma.device)).abs().argmin(-1)
+    return torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt(), (M - 1 - j).to(sigma.dtype)
+
+
+class Precond(nn.Module):
     """``D(x̂; σ) = c_skip x̂ + c_out F(c_in x̂, c_noise)`` around a network ``F(x, c_noise)``.
 
-    ``x̂`` has shape ``(batch, *dims)`` and ``sigma`` shape ``(batch,)``.
+    Subclasses give :meth:`coefficients`. ``x̂`` has shape ``(batch, *dims)`` and ``sigma``
+    shape ``(batch,)`` (or a scalar).
     """
 
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.net, self.sigma_data = net, float(sigma_data)
+        self.net = net
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in, c_noise)`` at noise levels ``sigma`` ``(batch,)``."""
+        raise NotImplementedError
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         sigma = as_time(sigma, x)
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F = self.net(bcast(c_in, x) * x, c_noise, **cond)
         return bcast(c_skip, x) * x + bcast(c_out, x) * F
+
+
+class EDMPrecond(Precond):
+    """EDM preconditioning (:func:`edm_coefficients`) with data standard deviation ``sigma_data``."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__(net)
+        self.sigma_data = float(sigma_data)
+
+    def coefficients(self, sigma):
+        return edm_coefficients(sigma, self.sigma_data)
+
+
+class VPPrecond(Precond):
+    """VP preconditioning (:func:`vp_coefficients`): ``F`` predicts ``ε`` from the DDPM-scaled input."""
+
+    def __init__(self, net: nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
+        super().__init__(net)
+        self.beta_d, self.beta_min, self.M = float(beta_d), float(beta_min), int(M)
+
+    def coefficients(self, sigma):
+        return vp_coefficients(sigma, self.beta_d, self.beta_min, self.M)
+
+
+class VEPrecond(Precond):
+    """VE preconditioning (:func:`ve_coefficients`): ``F`` predicts ``−ε`` from the raw input."""
+
+    def coefficients(self, sigma):
+        return ve_coefficients(sigma)
+
+
+class IDDPMPrecond(Precond):
+    """iDDPM preconditioning (:func:`iddpm_coefficients`) over the levels :func:`iddpm_sigmas`."""
+
+    def __init__(self, net: nn.Module, M: int = 1000, C_1: float = 0.001, C_2: float = 0.008):
+        super().__init__(net)
+        self.register_buffer("u", iddpm_sigmas(M, C_1, C_2), persistent=False)
+
+    def coefficients(self, sigma):
+        return iddpm_coefficients(sigma, self.u)
+
+
+PRECONDS: dict[str, type[Precond]] = {"vp": VPPrecond, "ve": VEPrecond, "iddpm": IDDPMPrecond, "edm": EDMPrecond}
 
 
 def score_from_denoiser(sde: SDE, denoiser: nn.Module) -> ScoreFn:

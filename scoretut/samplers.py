@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from scoretut.config import UsageError
+from scoretut.precond import denoiser_from_score
 from scoretut.sde import SDE, EDMSDE, ScoreFn, as_time, bcast
 
 
@@ -37,13 +38,22 @@ class Step(NamedTuple):
 Sampler = Callable[..., Iterator[Step]]
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
-    """``σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ``, ``i = 0..n−1`` (Karras Eq. 5)."""
+def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """``σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ``, ``i = 0..n−1`` (Karras Eq. 5).
+
+    ``n`` decreasing noise levels from ``σ_max`` to ``σ_min``, shape ``(n,)`` float64. ``ρ = 1`` is
+    uniform in σ, ``ρ → ∞`` geometric; ``ρ = 7`` shortens the steps near ``σ_min``.
+    """
     if n < 2:
-        raise UsageError("a Karras grid needs at least 2 noise levels; raise the number of steps")
+        raise UsageError("an EDM (Karras) grid needs at least 2 noise levels; raise the number of steps")
+    if not 0 < sigma_min < sigma_max or rho <= 0:
+        raise UsageError(f"edm_sigmas needs 0 < sigma_min < sigma_max and rho > 0; got {sigma_min}, {sigma_max}, {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
+
+
+karras_sigmas = edm_sigmas  # the name k-diffusion uses (get_sigmas_karras)
 
 
 def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: float | None = None) -> Tensor:
@@ -65,9 +75,9 @@ def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: 
         if isinstance(sde, EDMSDE):  # n noise levels, then the exact jump to σ = 0
             if n == 1:
                 return torch.tensor([sde.T, 0.0], dtype=torch.float64)
-            ts = karras_sigmas(n, s_lo, s_hi, rho)
+            ts = edm_sigmas(n, s_lo, s_hi, rho)
             return torch.cat([ts, ts.new_zeros(1)])
-        ts = sde.t_from_sigma(karras_sigmas(n + 1, s_lo, s_hi, rho)).to(torch.float64)
+        ts = sde.t_from_sigma(edm_sigmas(n + 1, s_lo, s_hi, rho)).to(torch.float64)
         ts[0], ts[-1] = sde.T, t_end
         return ts
     raise UsageError(f"unknown time grid {kind!r}; use 'uniform' or 'karras'")
@@ -237,12 +247,77 @@ def ode_rk45(
         h *= min(5.0, max(0.2, factor))
 
 
+# -- the EDM sampler ----------------------------------------------------------------------------
+EDM_SOLVERS = ("heun", "euler")
+
+
+def edm_sampler(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator=None,
+    solver: str = "heun",
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = math.inf,
+    S_noise: float = 1.0,
+) -> Iterator[Step]:
+    """Karras et al. (2022), Algorithm 2: Heun (or Euler) steps in σ with stochastic "churn".
+
+    It works on the rescaled state ``x̂ = x/s(t)`` at noise level ``σ = σ(t)``, where the
+    probability-flow ODE of every SDE here reads ``dx̂/dσ = (x̂ − D(x̂; σ))/σ`` (Karras et al.
+    2022, Eq. 4 with ``x̂``), ``D`` being the Tweedie denoiser of ``score_fn``
+    (:func:`scoretut.precond.denoiser_from_score`). With ``σ_i = σ(ts[i])`` and ``N = len(ts) − 1``:
+
+    1. churn: ``γ_i = min(S_churn/N, √2 − 1)`` if ``S_tmin ≤ σ_i ≤ S_tmax`` else 0;
+       ``σ̂ = (1 + γ_i) σ_i`` and ``x̂ ← x̂ + S_noise √(σ̂² − σ_i²) z`` (noise added back);
+    2. Euler: ``d = (x̂ − D(x̂; σ̂))/σ̂`` and ``x̂' = x̂ + (σ_{i+1} − σ̂) d``;
+    3. Heun (``solver="heun"`` and ``σ_{i+1} > 0``):
+       ``x̂ ← x̂ + (σ_{i+1} − σ̂) · ½ (d + (x̂' − D(x̂'; σ_{i+1}))/σ_{i+1})``, else ``x̂ ← x̂'``.
+
+    Yields ``x = s(t_{i+1}) x̂``. Without churn on :class:`~scoretut.sde.EDMSDE` it is exactly
+    :func:`ode_heun` / :func:`ode_euler`. NFE: Euler ``N``; Heun ``2N``, or ``2N − 1`` when the
+    grid ends at ``σ = 0`` (the EDM grid of :func:`timesteps`). The churned level is mapped back
+    to a time with ``sde.t_from_sigma``; except for ``EDMSDE`` (``t = σ``) that map stops at ``T``,
+    so there keep ``S_tmax < σ(T)/(1 + γ)``.
+    """
+    if solver not in EDM_SOLVERS:
+        raise UsageError(f"unknown EDM solver {solver!r}; choose one of: {', '.join(EDM_SOLVERS)}")
+    if S_churn < 0 or S_noise < 0:
+        raise UsageError(f"S_churn and S_noise must be >= 0, got {S_churn} and {S_noise}")
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    sigmas, scales = sde.sigma(ts), sde.scale(ts)
+    n = len(ts) - 1
+    gamma_max = min(S_churn / n, math.sqrt(2) - 1) if n else 0.0
+    x_hat = x / float(scales[0])
+    yield Step(0, float(ts[0]), x)
+    for i in range(n):
+        sigma, sigma_next, t_next = float(sigmas[i]), float(sigmas[i + 1]), float(ts[i + 1])
+        gamma = gamma_max if S_tmin <= sigma <= S_tmax else 0.0
+        sigma_hat, t_hat = sigma, float(ts[i])
+        if gamma > 0:
+            sigma_hat = sigma * (1 + gamma)
+            t_hat = float(sde.t_from_sigma(torch.tensor(sigma_hat, dtype=torch.float64)))
+            z = torch.randn(x_hat.shape, generator=generator, dtype=x_hat.dtype, device=x_hat.device)
+            x_hat = x_hat + S_noise * math.sqrt(sigma_hat**2 - sigma**2) * z
+        d = (x_hat - denoiser_from_score(sde, score_fn, x_hat, t_hat)) / sigma_hat
+        x_next = x_hat + (sigma_next - sigma_hat) * d
+        if solver == "heun" and sigma_next > 0:
+            d_next = (x_next - denoiser_from_score(sde, score_fn, x_next, t_next)) / sigma_next
+            x_next = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+        x_hat = x_next
+        yield Step(i + 1, t_next, float(scales[i + 1]) * x_hat)
+
+
 SAMPLERS: dict[str, Sampler] = {
     "em": euler_maruyama,
     "pc": predictor_corrector,
     "ode_euler": ode_euler,
     "ode_heun": ode_heun,
     "ode_rk45": ode_rk45,
+    "edm": edm_sampler,
 }
 
 

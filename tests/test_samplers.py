@@ -54,7 +54,7 @@ def test_sampler_recovers_gaussian(name, sde, steps, kind):
 
 
 def test_every_registered_sampler_is_covered():
-    covered = {"em", "pc", "ode_euler", "ode_heun", "ode_rk45"}
+    covered = {"em", "pc", "ode_euler", "ode_heun", "ode_rk45", "edm"}  # edm: tests/test_edm.py
     covered |= {"ddpm", "ddim", "langevin", "annealed_langevin"}  # test_schedules.py, test_ncsn.py
     assert covered == set(SAMPLERS)
 
