@@ -64,7 +64,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scoretut.toy import DEFAULT_RECIPE
+    from scoretut.toy import DEFAULT_RECIPE, DEFAULT_TRAINING as T
 
     parser = _Parser(prog="scoretut", description="Score-based and diffusion models from the command line.")
     groups = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sde", default=None, help="edm, vp, subvp, ve, ou (default edm; vp for score losses)")
     tr.add_argument("--loss", default=None, help="edm, dsm, ism, ssm (default edm)")
     tr.add_argument("--param", default=None, help="edm (denoiser preconditioning) or score (net/std)")
-    tr.add_argument("--batch", type=_positive(int), default=1024, help="batch size (default 1024)")
-    tr.add_argument("--lr", type=_positive(float), default=2e-3, help="peak learning rate (default 2e-3)")
-    tr.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the weights (default 0.99)")
+    tr.add_argument("--batch", type=_positive(int), default=T["batch_size"], help=f"batch size (default {T['batch_size']})")
+    tr.add_argument("--lr", type=_positive(float), default=T["lr"], help=f"peak learning rate (default {T['lr']})")
+    tr.add_argument("--ema-decay", type=float, default=T["ema_decay"], help=f"EMA decay of the weights (default {T['ema_decay']})")
     tr.add_argument("--hidden", type=_positive(int), default=DEFAULT_RECIPE["net"]["hidden"], help="MLP width")
     tr.add_argument("--depth", type=_positive(int), default=DEFAULT_RECIPE["net"]["depth"], help="residual blocks")
     tr.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (default 500)")
@@ -129,12 +129,9 @@ def _recipe_from_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    import torch
-
     from scoretut.config import device_from_arg
-    from scoretut.toy import build_model, make_loss, make_sde, training_data
     from scoretut.data import DATASETS
-    from scoretut.train import TrainConfig, train
+    from scoretut.toy import fit, make_sde
 
     if args.data not in DATASETS:
         raise UsageError(f"unknown data set {args.data!r}; choose one of: {', '.join(DATASETS)}")
@@ -142,14 +139,10 @@ def cmd_train(args) -> int:
     make_sde(recipe)  # validates --sde before any work
     device = device_from_arg(args.device)
     out = _writable_dir(args.out, "--out")
-    torch.manual_seed(args.seed)
-    model = build_model(recipe)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, ema_decay=args.ema_decay,
-                      seed=args.seed, ckpt_every=args.ckpt_every, progress=not args.quiet, warmup=50,
-                      log_every=min(50, args.steps))  # fmt: skip
     start = time.perf_counter()
-    result = train(model, make_loss(recipe, model.sde), training_data(recipe, args.seed), cfg, out_dir=out,
-                   resume=args.resume, device=device, config={"kind": "toy", "recipe": recipe})  # fmt: skip
+    result = fit(recipe, args.steps, args.seed, out_dir=out, resume=args.resume, device=device,
+                 progress=not args.quiet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema_decay,
+                 ckpt_every=args.ckpt_every)  # fmt: skip
     last = result.history[-1][1] if result.history else float("nan")
     print(json.dumps({"ckpt": str(out / "ckpt.pt"), "steps": result.step, "loss": last,
                       "seconds": round(time.perf_counter() - start, 2)}))  # fmt: skip

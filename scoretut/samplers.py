@@ -214,13 +214,18 @@ def ode_rk45(
 ) -> Iterator[Step]:
     """Adaptive Dormand–Prince 5(4) on the probability-flow ODE from ``ts[0]`` to ``ts[-1]``.
 
-    Only the endpoints of ``ts`` are used; the step size follows the embedded error estimate
+    Only the endpoints of ``ts`` are used (on a grid that ends where std = 0, such as the EDM
+    grid, it integrates to ``ts[-2]`` and finishes with one Euler step, where the velocity is
+    singular); the step size follows the embedded error estimate
     (RMS over all elements of the batch, scaled by ``atol + rtol·|x|``), as in
     ``scipy.integrate.RK45``, which Song et al. (2021) used. Yields every accepted step; the
     number of score evaluations is about ``6 × accepted + 6 × rejected`` (+1).
     """
     v = _velocity(sde, score_fn)
     t, t_end = float(ts[0]), float(ts[-1])
+    finish = None  # a grid ending where std = 0 (the EDM grid) ends with one Euler step, as Heun's
+    if len(ts) > 2 and float(sde.std(torch.tensor(t_end, dtype=torch.float64))) == 0.0:
+        finish, t_end = t_end, float(ts[-2])
     span = t_end - t
     h = h0 if h0 is not None else span / 20
     k1 = v(x, t)
@@ -245,6 +250,8 @@ def ode_rk45(
             yield Step(i, t, x)
         factor = 0.9 * err_norm ** (-1 / 5) if err_norm > 0 else 5.0
         h *= min(5.0, max(0.2, factor))
+    if finish is not None:
+        yield Step(i + 1, finish, x + (finish - t) * v(x, t))
 
 
 # -- the EDM sampler ----------------------------------------------------------------------------

@@ -46,6 +46,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 """The default 2D recipe. ``steps`` is the number of sampler steps (Heun: 2·steps − 1 NFE)."""
 
+DEFAULT_TRAINING: dict[str, Any] = {"batch_size": 1024, "lr": 2e-3, "warmup": 50, "ema_decay": 0.99}
+"""Optimiser settings of the default recipe (see :class:`scoretut.train.TrainConfig`)."""
+
 PARAMS = ("edm", "score")
 
 # Which grid and how many steps give a sampler about the same cost in network evaluations.
@@ -131,6 +134,25 @@ def training_data(recipe: dict[str, Any], seed: int) -> Tensor:
     return sample_dataset(recipe["data"], recipe.get("n_data", 100_000), seed=seed)
 
 
+def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, *, out_dir=None,
+        resume: bool = False, device: torch.device | str = "cpu", progress: bool = False, **training):
+    """Build the recipe's model (seeded) and train it; returns a :class:`scoretut.train.TrainResult`.
+
+    ``training`` overrides :data:`DEFAULT_TRAINING` (``batch_size``, ``lr``, ``ema_decay``,
+    ``ckpt_every``...). The recipe is stored in the checkpoint, so ``scoretut toy sample`` can
+    rebuild the model from it alone.
+    """
+    from scoretut.train import TrainConfig, train
+
+    recipe = recipe or DEFAULT_RECIPE
+    torch.manual_seed(seed)
+    model = build_model(recipe)
+    options = {**DEFAULT_TRAINING, "log_every": max(1, min(50, steps)), **training}
+    cfg = TrainConfig(steps=steps, seed=seed, progress=progress, **options)
+    return train(model, make_loss(recipe, model.sde), training_data(recipe, seed), cfg, out_dir=out_dir,
+                 resume=resume, device=device, config={"kind": "toy", "recipe": recipe})  # fmt: skip
+
+
 @torch.no_grad()
 def generate(
     model: ToyScoreModel,
@@ -147,7 +169,8 @@ def generate(
 ) -> tuple[Tensor, int] | tuple[list[tuple[float, Tensor]], int]:
     """Draw ``n`` samples; return ``(samples (n, dim), NFE)``.
 
-    ``sampler``, ``steps`` and ``grid`` default to the recipe's. With ``trajectory=True`` the
+    ``sampler``, ``steps`` and ``grid`` default to the recipe's (the grid belongs to the SDE:
+    the ρ = 7 noise levels for the EDM SDE, uniform times for the others). With ``trajectory=True`` the
     first element is the list of ``(t, x)`` states instead (on the CPU).
     """
     recipe = recipe or DEFAULT_RECIPE
@@ -156,7 +179,7 @@ def generate(
     name = sampler or recipe["sampler"]
     fn = get_sampler(name)
     steps = steps or recipe["steps"]
-    grid = grid or (recipe["grid"] if name == recipe["sampler"] else "uniform")
+    grid = grid or recipe["grid"]
     sde = model.sde
     ts = timesteps(sde, steps, grid)
     gen = torch.Generator(device).manual_seed(seed)

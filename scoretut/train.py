@@ -70,6 +70,10 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay (0 gives Adam).
         betas: AdamW's ``(β₁, β₂)``.
         warmup: steps of linear learning-rate warm-up, ``lr_k = lr·min(1, (k+1)/warmup)``.
+        decay_steps: if set, after the warm-up the rate follows a cosine from ``lr`` down to
+            ``lr·lr_floor`` at step ``decay_steps`` and stays there. A horizon of its own (not
+            ``steps``) so that a run resumed to more steps follows the same schedule.
+        lr_floor: final fraction of ``lr`` of the cosine decay.
         grad_clip: maximum global gradient norm, or ``None`` for no clipping.
         ema_decay: EMA decay ``d``.
         seed: seeds the data sampler, the loss noise and the global torch RNG.
@@ -89,6 +93,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup: int = 100
+    decay_steps: int | None = None
+    lr_floor: float = 0.0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     seed: int = 0
@@ -104,6 +110,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # a checkpoint round trip may turn it into a list
         if self.steps < 0 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 0:
             raise UsageError("need steps >= 0, batch_size >= 1, log_every >= 1 and ckpt_every >= 0")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup:
+            raise UsageError(f"decay_steps ({self.decay_steps}) must exceed the warm-up ({self.warmup})")
         if not self.lr > 0:
             raise UsageError(f"learning rate must be positive, got --lr {self.lr}")
         if not 0.0 <= self.ema_decay <= 1.0:
@@ -112,6 +120,16 @@ class TrainConfig:
             raise UsageError(f"gradient clipping must be positive or off, got --grad-clip {self.grad_clip}")
         if self.amp not in (None, *AMP_DTYPES):
             raise UsageError(f"unknown --amp {self.amp!r}; use one of {sorted(AMP_DTYPES)} or leave it off")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up ``lr · (step+1)/warmup``, then (with ``decay_steps``) the cosine
+        ``lr · (f + (1 − f)(1 + cos(π u))/2)``, ``u = min(1, (step − warmup)/(decay_steps − warmup))``."""
+        if self.warmup > 0 and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.decay_steps is None:
+            return self.lr
+        u = min(1.0, (step - self.warmup) / (self.decay_steps - self.warmup))
+        return self.lr * (self.lr_floor + (1 - self.lr_floor) * 0.5 * (1 + math.cos(math.pi * u)))
 
 
 @runtime_checkable
@@ -324,13 +342,9 @@ class _Loop:
         self.window_sum, self.window_count = 0.0, 0
         self._pending: list[Tensor] = []  # detached losses not yet moved to the host
 
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up: ``lr · min(1, (step+1)/warmup)``."""
-        return self.cfg.lr * (min(1.0, (step + 1) / self.cfg.warmup) if self.cfg.warmup > 0 else 1.0)
-
     def one_step(self, loss_fn: LossFn, device: torch.device) -> None:
         for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.cfg.lr_at(self.step)
         batch = _to_device(self.sampler.sample(self.cfg.batch_size // self.world), device, self.cfg.channels_last)
         amp = AMP_DTYPES.get(self.cfg.amp)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

@@ -275,3 +275,15 @@ def test_training_checkpoint_contents(tmp_path):
     assert state["config"] == config and state["train_config"]["steps"] == 20
     rebuilt = ScoreMLP.from_config({k: v for k, v in state["config"]["net"].items() if k != "name"})
     rebuilt.load_state_dict(state["ema"])  # the EMA weights load into a plain network
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():
+    cfg = TrainConfig(lr=1e-2, warmup=10, decay_steps=110, lr_floor=0.1)
+    assert [cfg.lr_at(k) for k in (0, 4, 9)] == pytest.approx([1e-3, 5e-3, 1e-2])
+    assert cfg.lr_at(60) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))  # halfway: cos(π/2) = 0
+    assert cfg.lr_at(110) == pytest.approx(1e-3) and cfg.lr_at(10_000) == pytest.approx(1e-3)
+    lrs = [cfg.lr_at(k) for k in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay after the warm-up
+    assert TrainConfig(lr=1e-2, warmup=10).lr_at(10_000) == 1e-2  # no decay without decay_steps
+    with pytest.raises(UsageError, match="warm-up"):
+        TrainConfig(warmup=100, decay_steps=50)
