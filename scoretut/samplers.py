@@ -215,8 +215,8 @@ def ode_rk45(
     """Adaptive Dormand–Prince 5(4) on the probability-flow ODE from ``ts[0]`` to ``ts[-1]``.
 
     Only the endpoints of ``ts`` are used (on a grid that ends where std = 0, such as the EDM
-    grid, it integrates to ``ts[-2]`` and finishes with one Euler step, where the velocity is
-    singular); the step size follows the embedded error estimate
+    grid, it integrates to ``ts[-2]``, or to ``sde.eps`` on the two-point grid ``[T, 0]``, and
+    finishes with one Euler step, since the velocity is singular at std = 0); the step size follows the embedded error estimate
     (RMS over all elements of the batch, scaled by ``atol + rtol·|x|``), as in
     ``scipy.integrate.RK45``, which Song et al. (2021) used. Yields every accepted step; the
     number of score evaluations is about ``6 × accepted + 6 × rejected`` (+1).
@@ -224,8 +224,8 @@ def ode_rk45(
     v = _velocity(sde, score_fn)
     t, t_end = float(ts[0]), float(ts[-1])
     finish = None  # a grid ending where std = 0 (the EDM grid) ends with one Euler step, as Heun's
-    if len(ts) > 2 and float(sde.std(torch.tensor(t_end, dtype=torch.float64))) == 0.0:
-        finish, t_end = t_end, float(ts[-2])
+    if float(sde.std(torch.tensor(t_end, dtype=torch.float64))) == 0.0:
+        finish, t_end = t_end, float(ts[-2]) if len(ts) > 2 else sde.eps
     span = t_end - t
     h = h0 if h0 is not None else span / 20
     k1 = v(x, t)
