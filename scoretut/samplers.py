@@ -234,7 +234,8 @@ def ode_rk45(
     while (t - t_end) * math.copysign(1, span) < 0:
         if i >= max_steps:
             raise RuntimeError(f"ode_rk45 took more than {max_steps} steps; loosen rtol/atol")
-        if (t + h - t_end) * math.copysign(1, span) > 0:
+        last = (t + h - t_end) * math.copysign(1, span) >= 0
+        if last:
             h = t_end - t
         ks = [k1]
         for c, a in zip(_DP_C[1:], _DP_A[1:]):
@@ -245,7 +246,9 @@ def ode_rk45(
         scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
         err_norm = float((err / scale).pow(2).mean().sqrt())
         if err_norm <= 1.0:
-            t, x, k1 = t + h, x5, ks[-1]  # FSAL: the 7th stage is v at the new point
+            # FSAL: the 7th stage is v at the new point; the last step lands exactly on t_end
+            # (t + (t_end − t) can miss it by one ulp and cost a spurious step).
+            t, x, k1 = (t_end if last else t + h), x5, ks[-1]
             i += 1
             yield Step(i, t, x)
         factor = 0.9 * err_norm ** (-1 / 5) if err_norm > 0 else 5.0

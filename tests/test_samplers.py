@@ -155,3 +155,13 @@ def test_rk45_on_the_edm_grid_ends_with_the_jump_to_sigma_zero():
         assert steps[-1].t == 0.0 and steps[-2].t == pytest.approx(sde.eps)
         # The last Euler step from σ_min lands on D(x; σ_min), within O(σ_min²) of the exact flow to σ = 0.
         assert (steps[-1].x - exact_flow(sde, x_T, sde.T, 0.0)).abs().max().item() < 1e-4, n
+
+
+def test_rk45_lands_exactly_on_the_end_time():
+    sde = VPSDE()
+    x_T = sde.prior_sampling((500, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for tol in (1e-2, 1e-3, 1e-5):
+        steps = list(ode_rk45(sde, exact_score(sde), x_T, timesteps(sde, 1), rtol=tol, atol=tol))
+        assert steps[-1].t == sde.eps
+        sizes = [a.t - b.t for a, b in zip(steps, steps[1:])]
+        assert min(sizes) > 1e-6, (tol, min(sizes))  # no sliver of a step at the end
