@@ -65,6 +65,22 @@ def sample_times(
     return t_min + (t_max - t_min) * u
 
 
+def log_sigma_density(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(ln σ(t), p(ln σ(t)))``: the density of the noise level met in training when the times
+    are uniform, ``t ~ U(sde.eps, sde.T)``, as in :class:`DSMLoss`.
+
+    By the change of variables ``p(ln σ) = 1 / ((T − eps) |d ln σ(t)/dt|)``, with the derivative
+    of ``sde.sigma`` taken by automatic differentiation: ``2σ²/((T − eps) β(t)(1 + σ²))`` for
+    :class:`~scoretut.sde.VPSDE` and about ``1/ln(σ_max/σ_min)`` for the geometric schedule of
+    :class:`~scoretut.sde.VESDE`. ``t`` is a 1-D tensor of times in ``(eps, T]`` (float64 inside).
+    """
+    t = torch.as_tensor(t, dtype=torch.float64).detach().requires_grad_(True)
+    with torch.enable_grad():
+        log_sigma = torch.log(sde.sigma(t))
+        (slope,) = torch.autograd.grad(log_sigma.sum(), t)
+    return log_sigma.detach(), 1.0 / ((sde.T - sde.eps) * slope.abs())
+
+
 def divergence(y: Tensor, x: Tensor, create_graph: bool = True) -> Tensor:
     """Exact ``tr ∇ₓ y(x) = Σ_i ∂y_i/∂x_i`` per sample by one backward pass per dimension.
 
@@ -317,6 +333,26 @@ class EDMLoss:
     def weight(self, sigma: Tensor) -> Tensor:
         """``λ(σ) = (σ² + σ_d²)/(σ σ_d)²``, shape of ``sigma``."""
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+    def at_sigma(
+        self, denoiser: DenoiserFn, x0: Tensor, sigma: Tensor | list[float], generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The weighted loss at fixed noise levels: ``λ(σ) E_{x_0, n}‖D(x_0 + n; σ) − x_0‖²``.
+
+        One Monte-Carlo value per entry of the 1-D ``sigma`` (each averaged over the batch ``x0``
+        with fresh noise ``n ~ N(0, σ² I)``); the training loss is this curve averaged over
+        ``ln σ ~ N(P_mean, P_std²)``. With the EDM preconditioning the denoiser error is
+        ``D − x_0 = c_out (F − F_target)``, and ``λ = 1/c_out²`` makes the value the raw network's
+        own error ``E‖F − F_target‖²``: for the network that outputs zero (``D = c_skip x``) on
+        data with ``E‖x_0‖² = dim · σ_data²`` it equals ``dim`` at every σ.
+        """
+        sigma = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device).flatten()
+        values = []
+        for s in sigma:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            denoised = denoiser(x0 + s * noise, s.expand(x0.shape[0]))
+            values.append(self.weight(s) * (denoised - x0).flatten(1).pow(2).sum(1).mean())
+        return torch.stack(values)
 
     def __call__(self, denoiser: DenoiserFn, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         sigma = self.sample_sigma(x0.shape[0], generator, x0.device, x0.dtype)

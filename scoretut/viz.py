@@ -47,6 +47,7 @@ __all__ = [
     "point_cloud_panel_frames",
     "render_frames",
     "shared_limits",
+    "trajectory_frames",
     "vector_field_frames",
 ]
 
@@ -264,6 +265,64 @@ def point_cloud_panel_frames(
         head.set_text(heads[i])
         frames.append(_png_bytes(fig, dpi, quantize=True))
     return frames
+
+
+def trajectory_frames(
+    paths: Any,
+    titles: Sequence[str] | None = None,
+    *,
+    estimates: Any = None,
+    reference: np.ndarray | None = None,
+    lims: Limits | Sequence[Limits] | None = None,
+    figsize: tuple[float, float] = FIGSIZE,
+    dpi: int = DPI,
+) -> list[bytes]:
+    """Render the paths of a few 2D points step by step, one PNG per step.
+
+    ``paths`` has shape ``(n_frames, k, 2)``: the positions of ``k`` points at every step. Frame
+    ``i`` draws each point's path up to step ``i`` (a line), its position at step ``i`` (a dot)
+    and, with ``estimates`` of the same shape, where the point is headed at that step — e.g. the
+    denoiser output ``D(x_i; σ_i)`` of a diffusion sampler — as a cross of the same colour joined
+    to the dot by a dashed segment. ``reference`` ``(m, 2)`` is drawn in light grey under every
+    frame (the data). ``lims`` is one ``((x0, x1), (y0, y1))`` for all frames, or one per frame
+    (a view that zooms in as the points settle); by default it covers every path.
+    """
+    pos = np.asarray(_to_numpy(paths), dtype=float)
+    if pos.ndim != 3 or pos.shape[2] != 2 or pos.shape[0] < 1:
+        raise ValueError(f"paths must have shape (n_frames, k, 2), got {pos.shape}")
+    est = None if estimates is None else np.asarray(_to_numpy(estimates), dtype=float)
+    if est is not None and est.shape != pos.shape:
+        raise ValueError(f"estimates must have the shape of paths {pos.shape}, got {est.shape}")
+    n_frames, k = pos.shape[:2]
+    heads = _titles(titles, n_frames)
+    box = np.asarray(lims if lims is not None else shared_limits([pos.reshape(-1, 2)]), dtype=float)
+    box = np.broadcast_to(box, (n_frames, 2, 2)) if box.shape == (2, 2) else box
+    if box.shape != (n_frames, 2, 2):
+        raise ValueError("lims must be ((x0, x1), (y0, y1)) or one such pair per frame")
+    ref = None if reference is None else np.asarray(_to_numpy(reference), dtype=float).reshape(-1, 2)
+    colors = [f"C{j % 10}" for j in range(k)]
+    art: dict[str, Any] = {}
+
+    def draw(ax: Axes, i: int) -> None:
+        if i == 0:
+            if ref is not None:
+                ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.8", linewidths=0)
+            art["lines"] = [ax.plot([], [], color=c, lw=1, alpha=0.7)[0] for c in colors]
+            art["dots"] = ax.scatter(pos[0, :, 0], pos[0, :, 1], s=22, c=colors, zorder=3)
+            if est is not None:
+                art["links"] = [ax.plot([], [], "--", color=c, lw=0.8)[0] for c in colors]
+                art["est"] = ax.scatter(est[0, :, 0], est[0, :, 1], s=40, c=colors, marker="x", zorder=4)
+        for j in range(k):
+            art["lines"][j].set_data(pos[: i + 1, j, 0], pos[: i + 1, j, 1])
+            if est is not None:
+                art["links"][j].set_data([pos[i, j, 0], est[i, j, 0]], [pos[i, j, 1], est[i, j, 1]])
+        art["dots"].set_offsets(pos[i])
+        if est is not None:
+            art["est"].set_offsets(est[i])
+        _style(ax, tuple(box[i, 0]), tuple(box[i, 1]))
+        ax.set_title(heads[i], fontsize=10)
+
+    return render_frames(draw, n_frames, figsize=figsize, dpi=dpi, clear=False)
 
 
 def _style(ax: Axes, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:

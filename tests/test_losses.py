@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from scoretut.losses import DSMLoss, EDMLoss, ISMLoss, SSMLoss, divergence, sample_times
+from scoretut.losses import DSMLoss, EDMLoss, ISMLoss, SSMLoss, divergence, log_sigma_density, sample_times
 from scoretut.precond import EDMPrecond, edm_coefficients
 from scoretut.sde import EDMSDE, VESDE, VPSDE, bcast
 
@@ -291,3 +291,65 @@ def test_dsm_weighting_options():
     std2 = sde.std(torch.tensor(t0, dtype=DT)) ** 2
     assert weighted.item() == pytest.approx((std2 * plain).item(), rel=1e-6)
     assert custom.item() == pytest.approx(3 * plain.item(), rel=1e-6)
+
+
+# -- the EDM loss at fixed noise levels ---------------------------------------------------------
+class ZeroNet(nn.Module):
+    """``F = 0``: the preconditioned denoiser is ``D = c_skip x``."""
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+
+def test_edm_loss_at_sigma_of_the_zero_network_is_the_dimension():
+    """λ E‖c_skip x − x0‖² = λ dim [(1 − c_skip)² σ_d² + c_skip² σ²] = λ dim c_out² = dim
+    for data with E‖x0‖² = dim σ_d² (here ±σ_d in every coordinate, not Gaussian)."""
+    sd, dim = 1.5, 3
+    signs = 2 * torch.randint(0, 2, (40_000, dim), generator=torch.Generator().manual_seed(0)) - 1
+    x0 = sd * signs.to(DT)
+    sigma = torch.tensor([0.01, 0.3, 1.5, 7.0, 80.0], dtype=DT)
+    values = EDMLoss(sigma_data=sd).at_sigma(EDMPrecond(ZeroNet(), sd), x0, sigma,
+                                              generator=torch.Generator().manual_seed(1))
+    assert values.shape == sigma.shape
+    assert torch.allclose(values, torch.full_like(sigma, float(dim)), rtol=0.02)
+
+
+def test_edm_loss_at_sigma_of_the_exact_denoiser():
+    # E‖D*(x) − x0‖² = tr(σ² C (C + σ² I)⁻¹), weighted by λ(σ).
+    loss = EDMLoss(sigma_data=0.9)
+    sigma = torch.tensor([0.05, 0.5, 2.0, 20.0], dtype=DT)
+    values = loss.at_sigma(gaussian_denoiser, gaussian_data(100_000, 3), sigma,
+                           generator=torch.Generator().manual_seed(2))
+    post = sigma[:, None, None] ** 2 * C @ torch.linalg.inv(C + sigma[:, None, None] ** 2 * I2)
+    expected = loss.weight(sigma) * post.diagonal(dim1=1, dim2=2).sum(1)
+    assert torch.allclose(values, expected, rtol=0.02)
+    # P_std = 0 puts all training at σ = exp(P_mean): the loss is the curve at that σ.
+    fixed = EDMLoss(P_mean=math.log(0.5), P_std=0.0, sigma_data=0.9)
+    x0 = gaussian_data(100_000, 4)
+    full = fixed(gaussian_denoiser, x0, generator=torch.Generator().manual_seed(3))
+    assert full.item() == pytest.approx(float(expected[1]), rel=0.02)
+
+
+def test_log_sigma_density_of_uniform_times():
+    """VP: d ln σ/dt = β(t)(1 + σ²)/(2σ²), a density in ln σ that integrates to 1 and matches a
+    histogram of ln σ(t) for t ~ U(eps, T); VE: d ln σ/dt ≈ ln(σ_max/σ_min)."""
+    vp = VPSDE()
+    t = torch.linspace(vp.eps, vp.T, 2001, dtype=DT)
+    log_s, p = log_sigma_density(vp, t)
+    s = log_s.exp()
+    assert torch.allclose(p, 2 * s**2 / ((vp.T - vp.eps) * vp.beta(t) * (1 + s**2)), rtol=1e-9)
+    assert torch.trapezoid(p, log_s).item() == pytest.approx(1.0, rel=1e-4)
+    # A histogram of ln σ(t) for uniform t, against P(a ≤ ln σ ≤ b) = (t(e^b) − t(e^a))/(T − eps).
+    u = sample_times(400_000, vp.eps, vp.T, generator=torch.Generator().manual_seed(0), dtype=DT)
+    edges = torch.linspace(-3.0, 4.0, 8, dtype=DT)
+    hist = torch.histogram(torch.log(vp.sigma(u)), bins=edges).hist / len(u)
+    cdf = vp.t_from_sigma(edges.exp()) / (vp.T - vp.eps)
+    assert torch.allclose(hist, cdf[1:] - cdf[:-1], atol=3e-3)
+    # VE: σ(t)² = g(t)² − σ_min² with g the geometric schedule, so d ln σ/dt = ln(σ_max/σ_min) g²/σ²,
+    # which tends to the constant ln(σ_max/σ_min) once g ≫ σ_min.
+    ve = VESDE()
+    t = torch.linspace(0.02, 1.0, 50, dtype=DT)
+    log_s, p = log_sigma_density(ve, t)
+    g2 = ve.geometric_sigma(t) ** 2
+    assert torch.allclose(p, log_s.exp() ** 2 / (g2 * (ve.T - ve.eps) * math.log(5000.0)), rtol=1e-9)
+    assert p[-1].item() == pytest.approx(1 / math.log(5000.0), rel=1e-4)

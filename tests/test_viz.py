@@ -226,3 +226,36 @@ def test_html_table_formats_and_escapes() -> None:
     assert "<td>0.123</td>" in html and "<td>2.5</td>" in html and "<td>x&amp;y</td>" in html
     with pytest.raises(ValueError, match="2 cells"):
         viz.html_table(["a", "b"], [[1]])
+
+
+# --- trajectories of a few points ---------------------------------------------------------
+
+def test_trajectory_frames_one_png_per_step_with_estimates() -> None:
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(4, 2)) * 5
+    target = rng.normal(size=(4, 2))
+    w = np.linspace(0.0, 1.0, 6)[:, None, None]
+    paths = (1 - w) * start + w * target  # (6, 4, 2): straight lines to the targets
+    estimates = np.broadcast_to(target, paths.shape)
+    frames = viz.trajectory_frames(paths, [f"step {i}" for i in range(6)], estimates=estimates,
+                                   reference=rng.normal(size=(300, 2)), dpi=40)
+    assert len(frames) == 6 and all(p.startswith(viz.PNG_MAGIC) for p in frames)
+    assert {_size(p) for p in frames} == {(144, 144)}
+    assert len(set(frames)) == 6, "the points move, so every frame differs"
+    zoom = [((-8 / (i + 1), 8 / (i + 1)), (-8 / (i + 1), 8 / (i + 1))) for i in range(6)]
+    zoomed = viz.trajectory_frames(paths, estimates=estimates, lims=zoom, dpi=40)
+    assert len(zoomed) == 6 and zoomed[0] != frames[0]
+    still = viz.trajectory_frames(np.zeros((3, 2, 2)), lims=((-1, 1), (-1, 1)), titles=["a"] * 3, dpi=40)
+    assert len(set(still)) == 1, "nothing moves: identical frames"
+
+
+def test_trajectory_frames_rejects_bad_shapes() -> None:
+    paths = np.zeros((5, 3, 2))
+    with pytest.raises(ValueError, match="n_frames, k, 2"):
+        viz.trajectory_frames(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="estimates"):
+        viz.trajectory_frames(paths, estimates=np.zeros((5, 2, 2)))
+    with pytest.raises(ValueError, match="lims"):
+        viz.trajectory_frames(paths, lims=[((-1, 1), (-1, 1))] * 4)
+    with pytest.raises(ValueError, match="titles"):
+        viz.trajectory_frames(paths, titles=["a"])
