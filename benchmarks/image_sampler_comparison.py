@@ -1,0 +1,118 @@
+"""Fréchet distance against NFE for every sampler on one image DDPM, next to 1,000-step ancestral sampling.
+
+Trains the class-conditional DDPM of ``scoretut.image_ddpm`` on the offline proxy data set (or
+loads ``--ckpt``), then runs :func:`scoretut.compare.compare` on it: DDIM (η = 0 with and without
+clipping the estimate x̂₀ to [−1, 1], η = 1), probability-flow ODE Euler and Heun, the EDM sampler (Heun, with and without churn) and Euler–Maruyama on
+the DDPM's own integer time grid (``scoretut.schedules.ddpm_timesteps``), all from one draw of
+starting noise with the same labels, against DDPM ancestral sampling with 1,000 steps. Quality
+is the offline **FD_classifier** (the Fréchet distance in the features of a small classifier
+trained on the same data set; not FID) of the samples against the validation images; the floor
+is the same distance for as many training images. Prints the table, the cheapest sampler within
+1.1× of the reference and whether that is at ≤ 35 NFE (the goal for images).
+
+Usage::
+
+    python benchmarks/image_sampler_comparison.py                       # CPU: 16×16 proxy, tiny U-Net, ~40 min
+    python benchmarks/image_sampler_comparison.py --size 64 --net small --train-steps 20000 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from scoretut.compare import SamplerSpec, best_within, compare, reference, table
+from scoretut.config import device_from_arg
+from scoretut.data.images import ImageFolder, write_proxy
+from scoretut.fid import extract_features, fd_of_features, train_classifier
+from scoretut.cli_ddpm import load_model
+from scoretut.image_ddpm import fit, guided_eps, label_tensor, make_sde
+from scoretut.schedules import ddpm_timesteps, eps_score
+
+BUDGETS = (10, 20, 35, 50)
+SPECS = (
+    SamplerSpec("DDIM (η = 0)", "ddim", {"clip_x0": 1.0}),
+    SamplerSpec("DDIM (η = 0), no x̂₀ clipping", "ddim"),
+    SamplerSpec("DDIM (η = 1)", "ddim", {"eta": 1.0, "clip_x0": 1.0}),
+    SamplerSpec("Euler–Maruyama", "em"),
+    SamplerSpec("PF-ODE Euler", "ode_euler"),
+    SamplerSpec("PF-ODE Heun", "ode_heun"),
+    SamplerSpec("EDM Heun", "edm"),
+    SamplerSpec("EDM Heun + churn", "edm", {"S_churn": 10.0}),
+)
+REFERENCE = SamplerSpec("ancestral (DDPM)", "ddpm", {"clip_x0": 1.0})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="AFHQ-layout folder (default: write the proxy to a temp dir)")
+    parser.add_argument("--ckpt", default=None, help="a trained `scoretut ddpm train` checkpoint (skips training)")
+    parser.add_argument("--out", default=None, help="keep the model trained here as OUT/ckpt.pt (reuse with --ckpt)")
+    parser.add_argument("--size", type=int, default=16, help="image side when training here (default 16)")
+    parser.add_argument("--net", default="tiny", help="U-Net size when training here: full, small, tiny")
+    parser.add_argument("--train-steps", type=int, default=1500, help="training steps (default 1500)")
+    parser.add_argument("--n", type=int, default=300, help="samples per cell (default 300)")
+    parser.add_argument("--ref-steps", type=int, default=1000, help="ancestral reference steps (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--json", default=None, help="also write every row to this JSON file")
+    args = parser.parse_args(argv)
+    device = device_from_arg(args.device)
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+
+    model, recipe = load_model(args.ckpt) if args.ckpt else (None, None)
+    size = recipe["image_size"] if args.ckpt else args.size
+    root = args.data or write_proxy(tempfile.mkdtemp() + "/proxy", n_train=1000, n_val=args.n, size=size,
+                                    seed=args.seed)  # fmt: skip
+    train_set, val_set = ImageFolder(root, "train", size), ImageFolder(root, "val", size)
+    if not args.ckpt:
+        start = time.perf_counter()
+        result, recipe = fit(train_set, args.train_steps, net=args.net, batch_size=32, lr=2e-3, warmup=100,
+                             ema_decay=0.995, seed=args.seed, device=device, progress=False,
+                             out_dir=args.out)  # fmt: skip
+        model = result.ema
+        print(f"training: {args.train_steps} steps of the {args.net} U-Net at {size}×{size} in "
+              f"{time.perf_counter() - start:.1f} s, final loss {result.history[-1][1]:.2f}")  # fmt: skip
+    model = model.to(device).eval()
+
+    clf = train_classifier(train_set, steps=500, seed=args.seed, device=device)
+    f_val = extract_features(clf, val_set.images)
+    n = min(args.n, len(val_set))
+    floor = fd_of_features(f_val, extract_features(clf, train_set.images[torch.randperm(len(train_set))[:n]]))
+
+    def evaluate(x: torch.Tensor) -> dict[str, float]:
+        return {"fd": fd_of_features(f_val, extract_features(clf, x.clamp(-1, 1).cpu()))}
+
+    sde = make_sde(recipe)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    labels = label_tensor(recipe, None, n)  # the classes in turn; None for an unconditional model
+    score = eps_score(sde, guided_eps(model, None if labels is None else labels.to(device)))
+    x = torch.randn((n, 3, size, size), generator=gen, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        ref = reference(sde, score, x=x, evaluate=evaluate, steps=args.ref_steps, seed=args.seed,
+                        grid=ddpm_timesteps, spec=REFERENCE)  # fmt: skip
+        rows = compare(sde, score, BUDGETS, x=x, evaluate=evaluate, specs=SPECS, seed=args.seed,
+                       grid=ddpm_timesteps)  # fmt: skip
+    print(f"sampling + FD: {time.perf_counter() - start:.1f} s; {n} samples per cell; "
+          f"FD_classifier floor (training vs validation images): {floor:.3f}\n")  # fmt: skip
+    print(table(rows, ref, metrics=("fd",)))
+    best = best_within(rows, ref, 1.1, metrics=("fd",))
+    print(f"\ncheapest within 1.1× of {ref['label']} ({ref['nfe']} NFE) on FD_classifier: "
+          + (f"{best['label']} at {best['nfe']} NFE" if best else "none"))  # fmt: skip
+    cheap = best_within([r for r in rows if r["nfe"] <= 35], ref, 1.1, metrics=("fd",))
+    print("goal (≤ 35 NFE): " + (f"met by {cheap['label']} at {cheap['nfe']} NFE "
+          f"(FD ×{cheap['fd'] / ref['fd']:.3f})" if cheap else "not met"))  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"reference": ref, "rows": rows, "floor": floor}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
