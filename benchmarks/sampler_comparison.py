@@ -28,8 +28,7 @@ import torch
 
 from scoretut.compare import SPECS, SamplerSpec, best_within, compare, plot, reference, table
 from scoretut.sde import EDMSDE
-from scoretut.toy import DEFAULT_RECIPE, build_model, make_loss, training_data
-from scoretut.train import TrainConfig, train
+from scoretut.toy import DEFAULT_RECIPE, fit
 
 BUDGETS = (5, 9, 13, 19, 20, 35, 99)
 SIGMA_MAX_SWEEP = (5.0, 10.0, 20.0, 40.0, 80.0)
@@ -53,11 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"recipe: {recipe['data']}, {recipe['param']} denoiser, {recipe['loss']} loss {recipe['loss_args']}, "
           f"σ_data {recipe['sigma_data']}; sampling SDE: EDM, σ_max {args.sigma_max:g}")  # fmt: skip
 
-    torch.manual_seed(args.seed)
-    model = build_model(recipe)
-    cfg = TrainConfig(steps=args.train_steps, seed=args.seed, progress=False, warmup=50, ema_decay=0.99)
     start = time.perf_counter()
-    result = train(model, make_loss(recipe, model.sde), training_data(recipe, args.seed), cfg)
+    result = fit(recipe, args.train_steps, args.seed)  # the default recipe's optimiser settings
     print(f"training: {args.train_steps} steps in {time.perf_counter() - start:.1f} s, "
           f"final loss {result.history[-1][1]:.4f}")  # fmt: skip
     net = result.ema.eval()

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--param", default=None, help="edm (denoiser preconditioning) or score (net/std)")
     tr.add_argument("--batch", type=_positive(int), default=T["batch_size"], help=f"batch size (default {T['batch_size']})")
     tr.add_argument("--lr", type=_positive(float), default=T["lr"], help=f"peak learning rate (default {T['lr']})")
+    tr.add_argument("--decay-steps", type=_positive(int), default=T["decay_steps"],
+                    help=f"step at which the cosine learning-rate decay ends (default {T['decay_steps']})")
     tr.add_argument("--ema-decay", type=float, default=T["ema_decay"], help=f"EMA decay of the weights (default {T['ema_decay']})")
     tr.add_argument("--hidden", type=_positive(int), default=DEFAULT_RECIPE["net"]["hidden"], help="MLP width")
     tr.add_argument("--depth", type=_positive(int), default=DEFAULT_RECIPE["net"]["depth"], help="residual blocks")
@@ -142,6 +144,7 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     result = fit(recipe, args.steps, args.seed, out_dir=out, resume=args.resume, device=device,
                  progress=not args.quiet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema_decay,
+                 decay_steps=args.decay_steps,
                  ckpt_every=args.ckpt_every)  # fmt: skip
     last = result.history[-1][1] if result.history else float("nan")
     print(json.dumps({"ckpt": str(out / "ckpt.pt"), "steps": result.step, "loss": last,

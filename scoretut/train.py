@@ -111,7 +111,7 @@ class TrainConfig:
         if self.steps < 0 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 0:
             raise UsageError("need steps >= 0, batch_size >= 1, log_every >= 1 and ckpt_every >= 0")
         if self.decay_steps is not None and self.decay_steps <= self.warmup:
-            raise UsageError(f"decay_steps ({self.decay_steps}) must exceed the warm-up ({self.warmup})")
+            raise UsageError(f"--decay-steps {self.decay_steps} must exceed the warm-up of {self.warmup} steps")
         if not self.lr > 0:
             raise UsageError(f"learning rate must be positive, got --lr {self.lr}")
         if not 0.0 <= self.ema_decay <= 1.0:

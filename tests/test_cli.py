@@ -137,6 +137,7 @@ BAD = {
     "text steps": (["toy", "train", "--steps", "many", "--out", "{tmp}/r"], "positive"),
     "edm loss with score param": (["toy", "train", "--param", "score", "--out", "{tmp}/r"], "--param edm"),
     "missing out": (["toy", "train"], "--out"),
+    "decay inside the warm-up": (["toy", "train", "--decay-steps", "20", "--out", "{tmp}/r"], "must exceed the warm-up"),
     "unwritable out": (["toy", "train", "--out", "{tmp}/file.txt/run"], "choose another --out"),
     "resume nothing": (["toy", "train", "--resume", "--out", "{tmp}/fresh"], "drop --resume"),
     "cuda without gpu": (["toy", "train", "--device", "cuda", "--out", "{tmp}/r"], "--device cpu"),
