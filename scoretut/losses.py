@@ -99,7 +99,7 @@ def divergence(y: Tensor, x: Tensor, create_graph: bool = True) -> Tensor:
 class _NoiseConditional:
     """Shared plumbing: the noise level at which a score loss is evaluated, and its weight.
 
-    With an ``sde``: ``t ~ U(t_min, t_max)`` (default ``[sde.eps, sde.T]``; equal bounds give a
+    With an ``sde``: ``t ~ U(eps, T)`` (default ``[sde.eps, sde.T]``; equal bounds give a
     single noise level), ``x_t = s(t) x_0 + std(t) z`` and weight ``λ(t)``. Without one: ``x_0``
     itself, conditioning ``t = fixed_t`` and weight 1. With ``t_grid`` (a 1-D list of times),
     ``t`` is drawn uniformly from that finite set instead: NCSN's noise levels ``σ_1..σ_L`` on
@@ -109,10 +109,10 @@ class _NoiseConditional:
 
     def __init__(
         self,
-        sde: SDE | None,
+        sde: SDE | None = None,
         weighting: Weighting = "std2",
-        t_min: float | None = None,
-        t_max: float | None = None,
+        eps: float | None = None,
+        T: float | None = None,
         time_sampling: str = "uniform",
         fixed_t: float = 0.0,
         t_grid: Tensor | list[float] | None = None,
@@ -122,8 +122,8 @@ class _NoiseConditional:
         if not callable(weighting) and weighting not in ("std2", "none"):
             raise ValueError(f"weighting must be 'std2', 'none' or a callable, got {weighting!r}")
         self.sde, self.weighting, self.time_sampling, self.fixed_t = sde, weighting, time_sampling, fixed_t
-        self.t_min = (sde.eps if sde is not None else fixed_t) if t_min is None else float(t_min)
-        self.t_max = (sde.T if sde is not None else fixed_t) if t_max is None else float(t_max)
+        self.t_min = (sde.eps if sde is not None else fixed_t) if eps is None else float(eps)
+        self.t_max = (sde.T if sde is not None else fixed_t) if T is None else float(T)
         if not self.t_min <= self.t_max:
             raise ValueError(f"need t_min <= t_max, got {self.t_min} > {self.t_max}")
         self.t_grid = None if t_grid is None else torch.as_tensor(t_grid, dtype=torch.float64).flatten()
@@ -203,18 +203,6 @@ class ISMLoss(_NoiseConditional):
         weighting, eps, T, time_sampling: as for :class:`DSMLoss` (used only with an ``sde``).
         fixed_t: conditioning passed to the model when ``sde`` is ``None``.
     """
-
-    def __init__(
-        self,
-        sde: SDE | None = None,
-        weighting: Weighting = "std2",
-        eps: float | None = None,
-        T: float | None = None,
-        time_sampling: str = "uniform",
-        fixed_t: float = 0.0,
-        t_grid: Tensor | list[float] | None = None,
-    ):
-        super().__init__(sde, weighting, eps, T, time_sampling, fixed_t, t_grid)
 
     def per_sample(
         self, score_fn: ScoreFn, x: Tensor, t: Tensor, generator: torch.Generator | None, create_graph: bool
