@@ -7,8 +7,8 @@ Prints, all measured in this one run:
   two independent exact draws of the roll, averaged over ``--pairs`` pairs;
 * a table of every sampler (Euler–Maruyama, predictor–corrector, probability-flow ODE with
   Euler, Heun and adaptive RK45) at several NFE budgets on the same checkpoint, so the cheapest
-  good sampler is known. Chamfer distance alone ignores density (samples collapsed onto the
-  curve score well), so EMD is printed beside it everywhere.
+  good sampler is known. Chamfer distance sees density only through coverage and is dominated
+  by a few stray samples, so EMD (which measures proportions) is printed beside it everywhere.
 
 Usage::
 
