@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from scoretut.compare import best_within
 from scoretut.config import device_from_arg
 from scoretut.metrics import evaluate_samples, metric_floor
 from scoretut.toy import DEFAULT_RECIPE, NFE_PER_STEP, fit, generate
@@ -118,9 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             r = evaluate(result.ema, "ode_rk45", args.n, seeds, grid="karras", device=device, rtol=rtol, atol=rtol)
             table.append({**r, "rtol": rtol})
             print(row(r, f"ode_rk45 rtol={rtol:g}"), flush=True)
-        good = [r for r in table if r["cd_ratio"] <= 1.05 and r["emd_ratio"] <= 1.05]
-        if good:
-            best = min(good, key=lambda r: (r["nfe"], max(r["cd_ratio"], r["emd_ratio"])))  # ties: the closer one
+        # The floors are the reference: ratio 1 on both metrics. Ties in NFE go to the lower EMD ratio.
+        best = best_within(table, {"cd_ratio": 1.0, "emd_ratio": 1.0}, 1.05, metrics=("cd_ratio", "emd_ratio"))
+        if best:
             print(f"\ncheapest sampler within 1.05× of both floors: {best['sampler']} at {best['nfe']} NFE "
                   f"(CD ×{best['cd_ratio']:.3f}, EMD ×{best['emd_ratio']:.3f} of the floors)")  # fmt: skip
         else:
