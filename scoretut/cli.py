@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"unknown data set {args.data!r}; choose one of: {', '.join(DATASETS)}")
     recipe = _recipe_from_args(args)
     make_sde(recipe)  # validates --sde before any work
-    device = device_from_arg(args.device)
+    device = device_from_arg(args.device, setting="--device")
     out = _writable_dir(args.out, "--out")
     start = time.perf_counter()
     result = fit(recipe, args.steps, args.seed, out_dir=out, resume=args.resume, device=device,
@@ -173,7 +173,7 @@ def cmd_sample(args) -> int:
     from scoretut.samplers import get_sampler
     from scoretut.toy import build_model, generate
 
-    device = device_from_arg(args.device)
+    device = device_from_arg(args.device, setting="--device")
     state = load_checkpoint(args.ckpt, map_location="cpu")
     config = state.get("config", {})
     if config.get("kind") != "toy" or "ema" not in state:

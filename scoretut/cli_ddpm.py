@@ -158,7 +158,7 @@ def cmd_sample(args) -> int:
     from scoretut.data.images import to_bytes
     from scoretut.image_ddpm import generate, save_grid
 
-    device = device_from_arg(args.device)
+    device = device_from_arg(args.device, setting="--device")
     model, recipe = load_model(args.ckpt, ema=not args.no_ema)
     conditional = recipe["net"]["num_classes"] > 0
     scale = args.cfg_scale if args.cfg_scale is not None else (7.5 if conditional else 1.0)
@@ -213,7 +213,7 @@ def cmd_fid(args) -> int:
     from scoretut.config import device_from_arg
     from scoretut.fid import FD_CLASSIFIER, FID_INCEPTION, InceptionFeatures, extract_features, fd_of_features, read_images
 
-    device = device_from_arg(args.device)
+    device = device_from_arg(args.device, setting="--device")
     for flag, path in (("--real", args.real), ("--fake", args.fake)):
         if not path.is_dir():
             raise UsageError(f"{flag} {path} is not a folder; pass a folder of .jpg/.png images")

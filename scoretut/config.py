@@ -10,6 +10,7 @@ what CI uses) and the full-scale settings meant for a GPU (``full``)::
 from __future__ import annotations
 
 import os
+import re
 from typing import TypeVar
 
 import torch
@@ -36,14 +37,29 @@ def pick(fast: T, full: T) -> T:
     return full if run_scale() == "full" else fast
 
 
-def device_from_arg(name: str = "auto") -> torch.device:
-    """Map ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` to a device; ``auto`` prefers CUDA."""
-    name = (name or "auto").lower()
+def device_from_arg(name: str | None = "auto", *, setting: str = "device") -> torch.device:
+    """Map ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` to a device; ``auto`` prefers CUDA.
+
+    ``setting`` names where the value came from, so that the one-line error points at it
+    (the CLI passes its flag, :func:`default_device` the environment variable).
+    """
+    name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UsageError(f"{setting}={name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"{setting}={name!r} asks for CUDA but no CUDA device is visible; use {setting}=cpu or auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"{setting}={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device(name)
+
+
+def default_device() -> torch.device:
+    """The device every chapter and library entry point uses unless given one.
+
+    Read from ``SCORETUT_DEVICE`` (``auto`` when unset: CUDA when visible, else CPU).
+    """
+    return device_from_arg(os.environ.get("SCORETUT_DEVICE", "auto"), setting="SCORETUT_DEVICE")
