@@ -23,12 +23,11 @@ with ``μ_t = (1−t)x_0 + t x_1`` and ``λ(t) = σ√(t(1−t))``. Regressing a
   backward in ``τ = 1 − t``.
 
 With ``σ → 0`` this is OT-CFM (Tong et al. 2024, "Improving and generalizing flow-based
-generative models with minibatch optimal transport"), whose ODE map approaches the OT map.
-The plan is computed with POT (``ot.sinkhorn``, or ``ot.emd`` for ``σ = 0``) on minibatches,
-which is the minibatch approximation of both papers. Sinkhorn on every optimiser step is the
-slow part on a CPU, so :func:`coupled_pairs` draws the coupled pairs once, from many
-minibatch plans, and training draws minibatches of pairs from that set
-(:func:`scoretut.train.train` with a ``(N, 2, dim)`` tensor of pairs).
+generative models with minibatch optimal transport"), whose ODE map approaches the OT map:
+the mean path ``μ_t`` is :class:`scoretut.flow.LinearPath` and the couplings are those of
+:mod:`scoretut.couplings` (minibatch plans from POT, ``ot.sinkhorn``, or ``ot.emd`` for
+``σ = 0``), both shared with flow matching. The coupling functions are re-exported here
+(``bridge.couple``, ``bridge.coupled_pairs``...).
 """
 
 from __future__ import annotations
@@ -36,15 +35,15 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import numpy as np
-import ot
 import torch
 from torch import Tensor, nn
 
 from scoretut.config import UsageError
+from scoretut.couplings import (  # noqa: F401  (the bridge's couplings, re-exported)
+    couple, coupled_pairs, ot_cost, ot_plan, sample_pairs, split_pairs, transport_cost)
+from scoretut.flow import LinearPath, velocity_net
 from scoretut.losses import sample_times
-from scoretut.nets import ScoreMLP
-from scoretut.samplers import Step
+from scoretut.samplers import Step, heun_steps
 from scoretut.sde import bcast
 
 T_EPS = 1e-3
@@ -52,88 +51,19 @@ T_EPS = 1e-3
 are singular at the two ends (``∝ 1/√(t(1−t))``)."""
 
 
-# --------------------------------------------------------------------------- couplings
-
-
-def _np(x: Tensor | np.ndarray) -> np.ndarray:
-    return np.asarray(x.detach().cpu().double() if isinstance(x, Tensor) else x, dtype=np.float64)
-
-
-def ot_plan(x0: Tensor, x1: Tensor, reg: float = 0.0, *, num_iter: int = 10_000, stop: float = 1e-6) -> Tensor:
-    """The OT plan ``π`` ``(n, m)`` (float64, entries sum to 1) between the uniform empirical
-    measures on ``x0`` ``(n, d)`` and ``x1`` ``(m, d)`` for the cost ``‖x0_i − x1_j‖²``.
-
-    ``reg = 0``: the exact plan (``ot.emd``). ``reg > 0``: the entropic plan
-    ``argmin ⟨π, C⟩ − reg·H(π)`` by Sinkhorn (``ot.sinkhorn``, stopping when the marginal error
-    falls below ``stop``); for a Schrödinger bridge with noise ``σ``, ``reg = 2σ²``.
-    """
-    if reg < 0:
-        raise UsageError(f"the entropic regularisation must be >= 0, got {reg}")
-    a, b = _np(x0), _np(x1)
-    cost = ot.dist(a, b)  # squared Euclidean
-    wa, wb = np.full(len(a), 1.0 / len(a)), np.full(len(b), 1.0 / len(b))
-    if reg == 0:
-        plan = ot.emd(wa, wb, cost)
-    else:
-        plan = ot.sinkhorn(wa, wb, cost, reg, numItermax=num_iter, stopThr=stop)
-    return torch.from_numpy(np.asarray(plan))
-
-
-def couple(x0: Tensor, x1: Tensor, reg: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
-    """Pair every row of ``x0`` with a row of ``x1`` drawn from the plan's conditional
-    ``π(j | i) = π_ij / Σ_j π_ij``; returns pairs ``(n, 2, d)``.
-
-    The first marginal is exactly ``x0``; the second is ``x1``'s in expectation (and exactly, as
-    a permutation, for the exact plan between sets of equal size).
-    """
-    j = sample_pairs(ot_plan(x0, x1, reg), generator)
-    return torch.stack([x0, x1[j.to(x1.device)]], dim=1)
-
-
-def sample_pairs(plan: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """For each row ``i`` of ``plan`` ``(n, m)``, one column ``j ~ π(j | i) = π_ij / Σ_j π_ij``;
-    returns the indices ``(n,)``. With uniform rows, ``(i, j)`` is then distributed as ``π``."""
-    return torch.multinomial(plan / plan.sum(1, keepdim=True), 1, generator=generator).squeeze(1)
-
-
-def coupled_pairs(data0: Tensor, data1: Tensor, n_pairs: int, *, batch_size: int = 256, reg: float = 0.0,
-                  seed: int = 0) -> Tensor:  # fmt: skip
-    """``n_pairs`` coupled pairs ``(n_pairs, 2, d)``: minibatches of ``batch_size`` points drawn
-    with replacement from each data set are coupled by :func:`couple` (minibatch OT)."""
-    if n_pairs < 1 or batch_size < 1:
-        raise UsageError(f"need n_pairs >= 1 and batch_size >= 1, got {n_pairs} and {batch_size}")
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(math.ceil(n_pairs / batch_size)):
-        i = torch.randint(len(data0), (batch_size,), generator=gen)
-        j = torch.randint(len(data1), (batch_size,), generator=gen)
-        out.append(couple(data0[i], data1[j], reg, gen))
-    return torch.cat(out)[:n_pairs]
-
-
-def ot_cost(x0: Tensor, x1: Tensor) -> float:
-    """Exact ``W₂²`` between the uniform empirical measures on ``x0`` and ``x1`` (``ot.emd2``,
-    squared Euclidean cost)."""
-    a, b = _np(x0), _np(x1)
-    return float(ot.emd2(np.full(len(a), 1.0 / len(a)), np.full(len(b), 1.0 / len(b)), ot.dist(a, b)))
-
-
-def transport_cost(x_start: Tensor, x_end: Tensor) -> float:
-    """``E‖x_end − x_start‖²`` of a map or a coupling given as paired rows."""
-    return float((x_end - x_start).double().pow(2).sum(1).mean())
-
-
 # --------------------------------------------------------------------------- the bridge
 
 
 class BrownianBridge:
     """The conditional path ``x_t = μ_t + λ(t) ε`` of a Brownian bridge of noise ``σ`` from
-    ``x_0`` to ``x_1`` (module docstring), with its velocity and score."""
+    ``x_0`` to ``x_1`` (module docstring), with its velocity and score. The mean path
+    ``μ_t = (1−t) x_0 + t x_1`` is flow matching's :class:`~scoretut.flow.LinearPath`."""
 
     def __init__(self, sigma: float):
         if sigma < 0:
             raise UsageError(f"the bridge noise sigma must be >= 0, got {sigma}")
         self.sigma = float(sigma)
+        self.mean_path = LinearPath()
 
     def std(self, t: Tensor) -> Tensor:
         """``λ(t) = σ√(t(1−t))``."""
@@ -141,18 +71,18 @@ class BrownianBridge:
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """``x_t = (1−t) x_0 + t x_1 + λ(t) ε``."""
-        t_ = bcast(t, x0)
-        return (1 - t_) * x0 + t_ * x1 + bcast(self.std(t), x0) * eps
+        return self.mean_path.sample(x0, x1, t) + bcast(self.std(t), x0) * eps
 
     def velocity(self, x: Tensor, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
         """``u_t = x_1 − x_0 + (1−2t)/(2t(1−t)) (x − μ_t)``."""
         t_ = bcast(t, x)
-        return x1 - x0 + (1 - 2 * t_) / (2 * t_ * (1 - t_)) * (x - (1 - t_) * x0 - t_ * x1)
+        mu = self.mean_path.sample(x0, x1, t)
+        return self.mean_path.velocity(x0, x1, t) + (1 - 2 * t_) / (2 * t_ * (1 - t_)) * (x - mu)
 
     def score(self, x: Tensor, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
         """``∇log p_t(x | x_0, x_1) = −(x − μ_t)/(σ² t(1−t))``."""
         t_ = bcast(t, x)
-        return -(x - (1 - t_) * x0 - t_ * x1) / (self.sigma**2 * t_ * (1 - t_))
+        return -(x - self.mean_path.sample(x0, x1, t)) / (self.sigma**2 * t_ * (1 - t_))
 
 
 class BridgeModel(nn.Module):
@@ -180,9 +110,9 @@ class BridgeModel(nn.Module):
 
 
 def bridge_model(sigma: float, hidden: int = 128, depth: int = 3, emb_dim: int = 64) -> BridgeModel:
-    """A :class:`BridgeModel` with two :class:`~scoretut.nets.ScoreMLP` networks (time
+    """A :class:`BridgeModel` with two :func:`scoretut.flow.velocity_net` networks (time
     embedded with ``cond_scale = 1000``, since ``t ∈ [0, 1]``); seed torch before calling."""
-    make = lambda: ScoreMLP(dim=2, hidden=hidden, depth=depth, emb_dim=emb_dim, cond_scale=1000.0)  # noqa: E731
+    make = lambda: velocity_net(dim=2, hidden=hidden, depth=depth, emb_dim=emb_dim)  # noqa: E731
     return BridgeModel(make(), make() if sigma > 0 else None, sigma)
 
 
@@ -205,9 +135,7 @@ class BridgeLoss:
         self.t_eps, self.stratified = float(t_eps), time_sampling == "stratified"
 
     def __call__(self, model: BridgeModel, pairs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if pairs.ndim != 3 or pairs.shape[1] != 2:
-            raise UsageError(f"the bridge trains on pairs of shape (batch, 2, dim), got {tuple(pairs.shape)}")
-        x0, x1 = pairs[:, 0], pairs[:, 1]
+        x0, x1 = split_pairs(pairs)
         t = sample_times(len(x0), self.t_eps, 1 - self.t_eps, stratified=self.stratified,
                          generator=generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -226,7 +154,8 @@ def integrate(model: BridgeModel, x: Tensor, *, reverse: bool = False, steps: in
     (forward from ``t_ε``, or ``reverse`` from ``1 − t_ε``) in ``steps`` uniform steps,
     yielding a :class:`~scoretut.samplers.Step` after each (the first is the start).
 
-    ODE (``stochastic=False``): Heun's method on ``dx/dt = v_θ``. SDE: Euler–Maruyama with drift
+    ODE (``stochastic=False``): Heun's method on ``dx/dt = v_θ``
+    (:func:`scoretut.samplers.heun_steps`). SDE: Euler–Maruyama with drift
     ``v_θ ± ½σ² s_θ`` (``+`` forward, ``−`` in reverse, where ``dt < 0``) and noise ``σ√|h| z``;
     the last step adds no noise.
     """
@@ -238,21 +167,19 @@ def integrate(model: BridgeModel, x: Tensor, *, reverse: bool = False, steps: in
     if reverse:
         ts = ts.flip(0)
     tt = lambda t: torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)  # noqa: E731
+    if not stochastic:
+        yield from heun_steps(lambda y, t: model.velocity(y, tt(t)), x, ts)
+        return
     sign = -1.0 if reverse else 1.0
     yield Step(0, float(ts[0]), x)
     for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])
         h = t_next - t
-        if stochastic:
-            drift = model.velocity(x, tt(t)) + sign * 0.5 * model.sigma**2 * model.score(x, tt(t))
-            x = x + h * drift
-            if i < steps - 1:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + model.sigma * math.sqrt(abs(h)) * z
-        else:
-            d = model.velocity(x, tt(t))
-            x_euler = x + h * d
-            x = x + 0.5 * h * (d + model.velocity(x_euler, tt(t_next)))
+        drift = model.velocity(x, tt(t)) + sign * 0.5 * model.sigma**2 * model.score(x, tt(t))
+        x = x + h * drift
+        if i < steps - 1:
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + model.sigma * math.sqrt(abs(h)) * z
         yield Step(i + 1, t_next, x)
 
 

@@ -157,14 +157,39 @@ def _velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, float], Tensor]:
     return lambda x, t: rev.sde(x, t)[0]
 
 
-def ode_euler(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=None) -> Iterator[Step]:
-    """Explicit Euler on the probability-flow ODE (first order; one evaluation per step)."""
-    v = _velocity(sde, score_fn)
+Velocity = Callable[[Tensor, float], Tensor]
+"""``velocity(x, t) -> dx/dt`` at one time ``t`` (a float) for the whole batch ``x``."""
+
+
+def euler_steps(velocity: Velocity, x: Tensor, ts: Tensor) -> Iterator[Step]:
+    """Explicit Euler on ``dx/dt = velocity(x, t)`` along the grid ``ts`` (either direction):
+    ``x ← x + h v(x, t)``, ``h = t_{i+1} − t_i``; one evaluation per step."""
     yield Step(0, float(ts[0]), x)
     for i in range(len(ts) - 1):
         t, h = float(ts[i]), float(ts[i + 1] - ts[i])
-        x = x + h * v(x, t)
+        x = x + h * velocity(x, t)
         yield Step(i + 1, float(ts[i + 1]), x)
+
+
+def heun_steps(velocity: Velocity, x: Tensor, ts: Tensor, *, euler_last: bool = False) -> Iterator[Step]:
+    """Heun's method (explicit trapezoid, second order) on ``dx/dt = velocity(x, t)`` along
+    ``ts`` (either direction): ``x' = x + h v(x, t)``, then
+    ``x ← x + h/2 (v(x, t) + v(x', t + h))``. With ``euler_last`` the last step stays an Euler
+    step (for a ``velocity`` that is singular at the last time)."""
+    yield Step(0, float(ts[0]), x)
+    n = len(ts) - 1
+    for i in range(n):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        h = t_next - t
+        d = velocity(x, t)
+        x_euler = x + h * d
+        x = x_euler if euler_last and i == n - 1 else x + 0.5 * h * (d + velocity(x_euler, t_next))
+        yield Step(i + 1, t_next, x)
+
+
+def ode_euler(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=None) -> Iterator[Step]:
+    """Explicit Euler on the probability-flow ODE (first order; one evaluation per step)."""
+    yield from euler_steps(_velocity(sde, score_fn), x, ts)
 
 
 def ode_heun(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=None) -> Iterator[Step]:
@@ -174,15 +199,7 @@ def ode_heun(sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, *, generator=No
     ``t = 0`` stays an Euler step, because ``v`` is singular there (Karras et al. 2022, Alg. 1):
     ``n`` steps cost ``2n − 1`` evaluations on an EDM grid and ``2n`` otherwise.
     """
-    v = _velocity(sde, score_fn)
-    yield Step(0, float(ts[0]), x)
-    for i in range(len(ts) - 1):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        h = t_next - t
-        d = v(x, t)
-        x_euler = x + h * d
-        x = x_euler if t_next <= 0 else x + 0.5 * h * (d + v(x_euler, t_next))
-        yield Step(i + 1, t_next, x)
+    yield from heun_steps(_velocity(sde, score_fn), x, ts, euler_last=float(ts[-1]) <= 0)
 
 
 # Dormand–Prince 5(4) tableau (Dormand & Prince 1980), FSAL.
