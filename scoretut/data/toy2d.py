@@ -276,6 +276,26 @@ class GaussianMixture2D:
         """
         return self._log_prob_and_score(x, scale, std)[1].to(_float_dtype(x))
 
+    def posterior_mean(self, x: Tensor, scale: float | Tensor, std: float | Tensor) -> Tensor:
+        """:math:`\\mathbb E[x_0 \\mid s\\,x_0 + \\sigma z = x]` by Gaussian conditioning per component:
+
+        .. math::  \\mathbb E[x_0 \\mid x] = \\sum_k r_k(x)\\,\\big(\\mu_k + s\\,\\Sigma_k C_k^{-1}(x - s\\mu_k)\\big),
+                   \\qquad C_k = s^2\\Sigma_k + \\sigma^2 I,
+
+        with the responsibilities :math:`r_k` of the perturbed mixture. It uses no score, so it
+        checks Tweedie's formula :math:`\\mathbb E[x_0 \\mid x] = (x + \\sigma^2\\nabla\\log p(x))/s`.
+        ``x`` is ``(..., 2)``; ``scale``/``std`` are scalars or per-point tensors of shape ``x.shape[:-1]``.
+        """
+        xd = torch.as_tensor(x).to(torch.float64)
+        s = torch.as_tensor(scale, dtype=torch.float64)[..., None, None]  # (..., 1, 1) vs (K, 2)
+        v = torch.as_tensor(std, dtype=torch.float64)[..., None, None, None] ** 2
+        resp = self._log_prob_and_score(xd, scale, std)[2]  # (..., K)
+        cov = s[..., None] ** 2 * self.covariances + v * torch.eye(2, dtype=torch.float64)  # (..., K, 2, 2)
+        diff = xd[..., None, :] - s * self.means  # (..., K, 2)
+        solved = torch.linalg.solve(cov, diff[..., None])[..., 0]
+        cond = self.means + s * torch.einsum("kij,...kj->...ki", self.covariances, solved)
+        return (resp[..., None] * cond).sum(-2).to(_float_dtype(x))
+
     def perturbed(
         self,
         noise: float | Tensor | tuple[float | Tensor, float | Tensor] = 0.0,
