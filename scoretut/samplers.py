@@ -10,6 +10,10 @@ or ``0`` for :class:`~scoretut.sde.EDMSDE`). Each sampler *yields* a :class:`Ste
 update — the first yield is the starting state — so a chapter can record a trajectory (or build
 widget frames) with a plain ``for`` loop, and :func:`sample` just keeps the last state.
 
+The ODE solvers are built on two velocity-level steppers, :func:`euler_steps` and
+:func:`heun_steps` (``velocity(x, t)`` along any grid, either direction), which flow matching
+(:mod:`scoretut.flow`) and the Schrödinger bridge use directly, so the package has one Heun.
+
 Build time grids with :func:`timesteps`: ``uniform`` in ``t`` (Song et al. 2021) or the
 ``karras`` grid in ``σ`` with ``ρ = 7`` (Karras et al. 2022, Eq. 5).
 """

@@ -178,6 +178,9 @@ def test_heun_transports_a_gaussian_exactly_and_euler_converges():
     torch.testing.assert_close(torch.cov(x1.T), C, atol=1e-4, rtol=0)
     errs = [float((flow.transport(model, x0, n, "euler") - x1).norm(dim=1).mean()) for n in (10, 20, 40)]
     assert errs[0] / errs[1] == pytest.approx(2, rel=0.15) and errs[1] / errs[2] == pytest.approx(2, rel=0.15)
+    x0, exact = x0[:500], flow.transport(model, x0[:500], 200, "heun")
+    errs = [float((flow.transport(model, x0, n, "heun") - exact).norm(dim=1).mean()) for n in (5, 10, 20)]
+    assert errs[0] / errs[1] == pytest.approx(4, rel=0.25) and errs[1] / errs[2] == pytest.approx(4, rel=0.25)
 
 
 # --------------------------------------------------------------------------- straightness and reflow
