@@ -125,12 +125,48 @@ def test_metric_floor_is_small_and_evaluation_of_exact_draws_is_near_one():
 )
 def test_evaluate_samples_rejects_bad_samples(samples):
     with pytest.raises(UsageError, match=r"samples"):
-        evaluate_samples(samples, "swiss_roll", n_chunks=10)
+        evaluate_samples(samples, "swiss_roll")
 
 
 def test_evaluate_samples_rejects_unknown_data_set():
     with pytest.raises(UsageError, match="unknown data set"):
-        evaluate_samples(np.zeros((100, 2)), "foo", n_chunks=10)
+        evaluate_samples(np.zeros((100, 2)), "foo")
+
+
+def test_evaluate_samples_uses_chunks_of_100_by_default():
+    x = sample_dataset("moons", 2000, seed=5)
+    report = evaluate_samples(x, "moons", pairs=1)
+    assert (report["n"], report["chunk_size"]) == (2000, 100)
+    assert report["cd"] == chamfer_distance(x, sample_dataset("moons", 2000, seed=0), n_chunks=20)
+    assert report == evaluate_samples(x, "moons", n_chunks=20, pairs=1)
+
+
+@pytest.mark.parametrize("n_chunks", [40, 10, 100])
+def test_evaluate_samples_refuses_other_chunk_sizes_unless_asked(n_chunks):
+    x = sample_dataset("moons", 2000, seed=5)
+    with pytest.raises(UsageError, match=r"chunks of \d+ points, not the protocol's 100.*other_chunk_size=True") as err:
+        evaluate_samples(x, "moons", n_chunks=n_chunks, pairs=1)
+    assert "\n" not in str(err.value)
+    report = evaluate_samples(x, "moons", n_chunks=n_chunks, pairs=1, other_chunk_size=True)
+    assert report["chunk_size"] == 2000 // n_chunks
+    assert report["cd_floor"] == metric_floor("moons", n=2000, pairs=1, n_chunks=n_chunks)["cd"]
+
+
+def test_smaller_chunks_pull_the_cd_ratio_of_strays_towards_one():
+    # 1 % of the points moved far away: at any chunk size they add about 0.01 * 9² to the
+    # sample-to-target term, but the floor grows as the chunks shrink (nearest neighbours are
+    # further apart), so the ratio falls — the reason a ratio is quoted at one chunk size only.
+    x = sample_dataset("moons", 4000, seed=5).clone()
+    x[::100] += 9.0
+    ratio = {m: evaluate_samples(x, "moons", n_chunks=4000 // m, pairs=1, other_chunk_size=True)["cd_ratio"]
+             for m in (20, 50, 100)}  # fmt: skip
+    assert ratio[20] < ratio[50] < ratio[100]
+
+
+@pytest.mark.parametrize("n_chunks", [0, -5, 2.5, True])
+def test_evaluate_samples_rejects_a_bad_n_chunks(n_chunks):
+    with pytest.raises(UsageError, match="n_chunks must be a positive integer"):
+        evaluate_samples(np.zeros((100, 2)), "moons", n_chunks=n_chunks)
 
 
 # --------------------------------------------------------------------------- Fréchet / W2
