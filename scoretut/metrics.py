@@ -45,6 +45,7 @@ from scoretut.data.toy2d import sample_dataset
 
 __all__ = [
     "chamfer_distance",
+    "chamfer_terms",
     "emd",
     "evaluate_samples",
     "feature_stats",
@@ -82,16 +83,25 @@ def _chunks(x: ArrayLike, y: ArrayLike, n_chunks: int) -> tuple[Tensor, Tensor]:
     return xt.reshape(n_chunks, n // n_chunks, -1), yt.reshape(n_chunks, n // n_chunks, -1)
 
 
-def chamfer_distance(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> float:
-    """Chunked Chamfer distance (module docstring) between ``x`` and ``y``, both ``(n, d)``.
+def chamfer_terms(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> tuple[Tensor, Tensor]:
+    """The two halves of the chunked Chamfer distance, point by point.
 
-    ``n`` must be divisible by ``n_chunks``. Per chunk the squared distances ``(m, m)`` come from
-    ``torch.cdist`` in float64 (without the matrix-product shortcut, so ``CD(x, x) == 0``).
+    Returns ``(to_y, to_x)``, each ``(n,)`` float64: ``to_y[i] = min_j ‖x_i − y_j‖²`` over the
+    points ``y_j`` of the chunk of ``x_i`` (how far each sample lies from the data: strays), and
+    ``to_x[j] = min_i ‖x_i − y_j‖²`` (how far each data point lies from the samples: coverage).
+    ``CD = to_y.mean() + to_x.mean()``. Squared distances come from ``torch.cdist`` in float64
+    (without the matrix-product shortcut, so ``CD(x, x) == 0``).
     """
     xc, yc = _chunks(x, y, n_chunks)
     d2 = torch.cdist(xc, yc, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (C, m, m)
-    per_chunk = d2.min(dim=2).values.mean(dim=1) + d2.min(dim=1).values.mean(dim=1)
-    return float(per_chunk.mean())
+    return d2.min(dim=2).values.flatten(), d2.min(dim=1).values.flatten()
+
+
+def chamfer_distance(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> float:
+    """Chunked Chamfer distance (module docstring) between ``x`` and ``y``, both ``(n, d)``;
+    ``n`` must be divisible by ``n_chunks``. The mean of the two :func:`chamfer_terms`."""
+    to_y, to_x = chamfer_terms(x, y, n_chunks)
+    return float(to_y.mean() + to_x.mean())
 
 
 def emd(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> float:

@@ -10,6 +10,7 @@ from scoretut.config import UsageError
 from scoretut.data import sample_dataset
 from scoretut.metrics import (
     chamfer_distance,
+    chamfer_terms,
     emd,
     evaluate_samples,
     feature_stats,
@@ -96,6 +97,18 @@ def test_emd_of_a_translate_is_the_translation_length(rolls):
     x = rolls[0][:2000].double()
     v = torch.tensor([0.3, -0.4], dtype=torch.float64)
     assert emd(x, x + v, n_chunks=20) == pytest.approx(float(v.norm()), rel=1e-9)
+
+
+def test_chamfer_terms_separate_strays_from_coverage():
+    # x = y except one sample moved by 3: only that sample's distance to y grows (9), while the
+    # data point it left behind is now 1 away from its nearest sample (its neighbour at +1).
+    y = np.stack([np.arange(10.0), np.zeros(10)], axis=1)
+    x = y.copy()
+    x[4, 1] = 3.0
+    to_y, to_x = chamfer_terms(x, y, n_chunks=1)
+    assert to_y.tolist() == [0.0] * 4 + [9.0] + [0.0] * 5
+    assert to_x.tolist() == [0.0] * 4 + [1.0] + [0.0] * 5
+    assert chamfer_distance(x, y, n_chunks=1) == pytest.approx(float(to_y.mean() + to_x.mean()))
 
 
 def test_emd_matches_an_assignment_on_a_tiny_case():
