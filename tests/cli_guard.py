@@ -1,7 +1,7 @@
 """A fixture that makes "refused before any work" a fact about what runs, not a timing.
 
-``no_work`` replaces every entry point that trains, samples, decodes images or extracts
-features with a stand-in that fails the test when called; a bad-input case that still exits
+``no_work`` replaces every entry point that trains, samples, decodes or draws images or
+extracts features with a stand-in that fails the test when called; a bad-input case that still exits
 with code 2 under it was refused before any of them started. Import it into a test module
 (``from cli_guard import no_work``) and request it.
 """
@@ -18,7 +18,7 @@ WORK = {
     "scoretut.metrics": ("evaluate_samples",),
     "scoretut.image_ddpm": ("fit", "generate"),
     "scoretut.fid": ("train_classifier", "extract_features", "read_images", "accuracy"),
-    "scoretut.data.images": ("ImageFolder",),
+    "scoretut.data.images": ("ImageFolder", "draw_shape"),
 }
 """The expensive entry points of the CLI commands, by module (the CLI imports them when run)."""
 

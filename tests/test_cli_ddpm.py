@@ -116,6 +116,9 @@ R, F = ("--real", "{proxy}/val"), ("--fake", "{tmp}/x")  # an existing image fol
 SA = ("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/s", "--device", "cpu")
 TR = ("ddpm", "train", "--data", "{proxy}", "--device", "cpu", "--steps", "4")
 BAD = {  # argv, a piece of the message, optionally a function that makes {tmp}/x
+    "proxy: images too small": (("ddpm", "proxy", "--out", "{tmp}/p", "--size", "4"), "size >= 8"),
+    "proxy: into a used folder": (("ddpm", "proxy", "--out", "{tmp}"), "choose another --out"),
+    "proxy: unwritable out": (("ddpm", "proxy", "--out", "{tmp}/file.txt/p"), "choose another --out"),
     "train: no data folder": (("ddpm", "train", "--data", "{tmp}/none", "--out", "{tmp}/r"), "expected the layout"),
     "train: data without images": (("ddpm", "train", "--data", "{tmp}/x", "--out", "{tmp}/r"), "holds no .jpg",
                                    lambda p: _not_images(p)),
