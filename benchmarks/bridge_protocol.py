@@ -53,11 +53,13 @@ def main() -> None:
     moons = sample_dataset("moons", 20_000, seed=100 + 10 * s)
     roll = sample_dataset("swiss_roll", 20_000, seed=101 + 10 * s)
     pairs = bridge.coupled_pairs(moons, roll, 25_600, batch_size=256, reg=2 * SIGMA**2, seed=s)
-    sets = {"moons": sample_dataset("moons", N, seed=7 + 10 * s), "swiss_roll": sample_dataset("swiss_roll", N, seed=8 + 10 * s)}
+    sets = {"moons": sample_dataset("moons", N, seed=7 + 10 * s),
+            "swiss_roll": sample_dataset("swiss_roll", N, seed=8 + 10 * s)}
     cfg = TrainConfig(steps=args.steps, batch_size=256, lr=2e-3, warmup=50, ema_decay=0.99, log_every=50,
                       progress=False, seed=s, decay_steps=args.steps if args.decay else None,
                       lr_floor=0.05 if args.decay else 0.0)  # fmt: skip
-    for run, data, a, b in (("moons → roll", pairs, "moons", "swiss_roll"), ("roll → moons", pairs.flip(1), "swiss_roll", "moons")):
+    runs = (("moons → roll", pairs, "moons", "swiss_roll"), ("roll → moons", pairs.flip(1), "swiss_roll", "moons"))
+    for run, data, a, b in runs:
         torch.manual_seed(s)
         start = time.perf_counter()
         model = train(bridge.bridge_model(SIGMA, hidden=64, depth=3), bridge.BridgeLoss(), data, cfg).ema
