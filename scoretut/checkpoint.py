@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether the file starts like a torch zip archive or a pickle (protocol 2–5 header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
 
@@ -103,12 +114,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise UsageError(f"checkpoint {path} {what}; pass the path of a .pt file written by scoretut train")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e) or _is_pickle(path):
             raise UsageError(
-                f"{path} contains pickled code (custom classes/functions) and scoretut refuses to "
-                "unpickle code; re-save it with only state dicts, tensors and plain config values"
+                f"{path} contains objects or code that scoretut will not unpickle (it loads with "
+                "torch.load(weights_only=True)); for a clean checkpoint load it once in Python you trust "
+                "and re-save only tensors and plain values, e.g. torch.save(model.state_dict(), 'clean.pt')"
             ) from None
         raise UsageError(f"{path} is not a readable checkpoint (corrupt or not a torch file); re-run training to recreate it") from None
     except OSError as e:

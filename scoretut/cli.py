@@ -133,19 +133,22 @@ def _recipe_from_args(args) -> dict:
 def cmd_train(args) -> int:
     from scoretut.config import device_from_arg
     from scoretut.data import DATASETS
-    from scoretut.toy import fit, make_sde
+    from scoretut.toy import fit, make_loss, make_sde, training_config
+    from scoretut.train import check_run_dir
 
     if args.data not in DATASETS:
         raise UsageError(f"unknown data set {args.data!r}; choose one of: {', '.join(DATASETS)}")
     recipe = _recipe_from_args(args)
-    make_sde(recipe)  # validates --sde before any work
+    make_loss(recipe, make_sde(recipe))  # validates --sde and --loss before any work
+    training = dict(batch_size=args.batch, lr=args.lr, ema_decay=args.ema_decay, decay_steps=args.decay_steps,
+                    ckpt_every=args.ckpt_every)  # fmt: skip
+    training_config(args.steps, args.seed, **training)
     device = device_from_arg(args.device, setting="--device")
     out = _writable_dir(args.out, "--out")
+    check_run_dir(out, args.resume)
     start = time.perf_counter()
     result = fit(recipe, args.steps, args.seed, out_dir=out, resume=args.resume, device=device,
-                 progress=not args.quiet, batch_size=args.batch, lr=args.lr, ema_decay=args.ema_decay,
-                 decay_steps=args.decay_steps,
-                 ckpt_every=args.ckpt_every)  # fmt: skip
+                 progress=not args.quiet, **training)  # fmt: skip
     last = result.history[-1][1] if result.history else float("nan")
     print(json.dumps({"ckpt": str(out / "ckpt.pt"), "steps": result.step, "loss": last,
                       "seconds": round(time.perf_counter() - start, 2)}))  # fmt: skip
@@ -200,6 +203,7 @@ def cmd_eval(args) -> int:
     import numpy as np
     import torch
 
+    from scoretut.data import DATASETS
     from scoretut.metrics import evaluate_samples
 
     if not args.samples.is_file():
@@ -208,8 +212,11 @@ def cmd_eval(args) -> int:
         samples = np.load(args.samples, allow_pickle=False)
     except (ValueError, OSError, EOFError):
         raise UsageError(f"{args.samples} is not a readable .npy array; pass the file written by 'scoretut toy sample'") from None
-    if samples.ndim != 2 or samples.shape[1] != 2:
-        raise UsageError(f"samples must have shape (n, 2), got {samples.shape}; pass 2D points")
+    if samples.ndim != 2 or samples.shape[1] != 2 or samples.shape[0] % 100 or not len(samples):
+        raise UsageError(f"samples must have shape (n, 2) with n a multiple of 100 (chunks of 100 points), "
+                         f"got {samples.shape}; e.g. 'scoretut toy sample --n 10000'")  # fmt: skip
+    if args.data not in DATASETS:
+        raise UsageError(f"unknown data set {args.data!r}; choose one of: {', '.join(DATASETS)}")
     result = evaluate_samples(torch.from_numpy(np.asarray(samples, dtype=np.float32)), args.data, seed=args.seed)
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}))
     return 0

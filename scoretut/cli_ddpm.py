@@ -108,13 +108,21 @@ def cmd_proxy(args) -> int:
 
 def cmd_train(args) -> int:
     from scoretut import distributed
-    from scoretut.image_ddpm import fit
+    from scoretut.cli import _writable_dir
+    from scoretut.data.images import find_images
+    from scoretut.image_ddpm import fit, make_recipe, training_config
+    from scoretut.train import check_run_dir
 
+    # every input is checked before the process group starts or an image is decoded
+    _, _, classes = find_images(args.data, "train")
+    make_recipe(classes, args.image_size, args.net, args.schedule, args.T, args.cfg_drop, args.cfg)
+    training_config(args.steps, args.seed, args.sample_every, batch_size=args.batch, lr=args.lr, warmup=args.warmup,
+                    ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=args.amp,
+                    log_every=min(args.log_every, args.steps), ckpt_every=args.ckpt_every)  # fmt: skip
+    check_run_dir(args.out, args.resume)
     world = distributed.setup(args.device)
     try:
         if world.rank == 0:
-            from scoretut.cli import _writable_dir
-
             _writable_dir(args.out, "--out")
         start = time.perf_counter()
         result, recipe = fit(args.data, args.steps, out_dir=args.out, image_size=args.image_size, net=args.net,
@@ -156,12 +164,20 @@ def cmd_sample(args) -> int:
     from scoretut.cli import _writable_dir
     from scoretut.config import device_from_arg
     from scoretut.data.images import to_bytes
-    from scoretut.image_ddpm import generate, save_grid
+    from scoretut.image_ddpm import generate, label_tensor, save_grid
 
     device = device_from_arg(args.device, setting="--device")
     model, recipe = load_model(args.ckpt, ema=not args.no_ema)
     conditional = recipe["net"]["num_classes"] > 0
     scale = args.cfg_scale if args.cfg_scale is not None else (7.5 if conditional else 1.0)
+    label_tensor(recipe, args.label, args.n)  # the class exists
+    if not conditional and scale != 1.0:
+        raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
+    if args.steps is not None and args.steps > recipe["T"]:
+        raise UsageError(f"--steps {args.steps} exceeds the model's {recipe['T']} diffusion steps; "
+                         f"use at most --steps {recipe['T']}")  # fmt: skip
+    if args.grid is not None:
+        _writable_dir(args.grid.parent, "--grid")
     out = _writable_dir(args.out, "--out")
     old = sorted(out.glob("*.png"))
     if old and not args.overwrite:
@@ -183,7 +199,7 @@ def cmd_sample(args) -> int:
 
 def _classifier(args, device):
     """The offline feature classifier: loaded from ``--classifier`` or trained on the data set."""
-    from scoretut.data.images import ImageFolder
+    from scoretut.data.images import ImageFolder, find_images
     from scoretut.fid import accuracy, load_classifier, save_classifier, train_classifier
 
     if args.classifier is not None and args.classifier.exists():
@@ -199,6 +215,11 @@ def _classifier(args, device):
             raise UsageError("pass --classifier-data ROOT (an AFHQ-layout folder to train the feature classifier on), "
                              "--classifier PATH, or --inception-weights PATH")  # fmt: skip
     size = args.size or 64
+    find_images(root, "train")  # the layout, before decoding anything
+    if args.classifier is not None:
+        from scoretut.cli import _writable_dir
+
+        _writable_dir(args.classifier.parent, "--classifier")
     train_set = ImageFolder(root, "train", size)
     net = train_classifier(train_set, steps=args.classifier_steps, seed=args.seed, device=device)
     val_acc = None
@@ -211,12 +232,17 @@ def _classifier(args, device):
 
 def cmd_fid(args) -> int:
     from scoretut.config import device_from_arg
-    from scoretut.fid import FD_CLASSIFIER, FID_INCEPTION, InceptionFeatures, extract_features, fd_of_features, read_images
+    from scoretut.fid import (FD_CLASSIFIER, FID_INCEPTION, InceptionFeatures, extract_features, fd_of_features,
+                              image_files, read_images)  # fmt: skip
 
     device = device_from_arg(args.device, setting="--device")
     for flag, path in (("--real", args.real), ("--fake", args.fake)):
         if not path.is_dir():
             raise UsageError(f"{flag} {path} is not a folder; pass a folder of .jpg/.png images")
+        try:
+            image_files(path)
+        except UsageError as e:
+            raise UsageError(f"{flag}: {e}") from None
     start = time.perf_counter()
     if args.inception_weights is not None:
         net, size, metric, val_acc = InceptionFeatures(args.inception_weights), args.size or 299, FID_INCEPTION, None

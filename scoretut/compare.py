@@ -100,7 +100,7 @@ def point_metrics(data: str, seed: int = 0) -> Evaluate:
     """Chunked Chamfer distance and EMD of 2-D samples against exact draws of ``data``."""
 
     def evaluate(x: Tensor) -> dict[str, float]:
-        return evaluate_samples(x.detach().cpu().float(), data, seed=seed, n_chunks=x.shape[0] // 100)
+        return evaluate_samples(x.detach().cpu().float(), data, seed=seed)  # chunks of 100 points
 
     return evaluate
 

@@ -48,6 +48,7 @@ __all__ = [
     "InceptionFeatures",
     "extract_features",
     "fd_of_features",
+    "image_files",
     "load_classifier",
     "read_images",
     "save_classifier",
@@ -62,13 +63,18 @@ CLASSIFIER_FORMAT = "scoretut-fd-classifier-v1"
 
 def read_images(path: str | os.PathLike, size: int) -> Tensor:
     """Every ``.jpg``/``.png`` under ``path`` (recursively, sorted) as ``uint8`` ``(N, 3, size, size)``."""
+    return torch.stack([load_image(p, size) for p in image_files(path)])
+
+
+def image_files(path: str | os.PathLike) -> list[Path]:
+    """The ``.jpg``/``.png`` files under ``path`` (recursively, sorted); UsageError if there are none."""
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"image directory {path} does not exist; pass a folder of .jpg/.png images")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise UsageError(f"{path} holds no .jpg or .png images; pass the folder written by 'scoretut ddpm sample'")
-    return torch.stack([load_image(p, size) for p in files])
+    return files
 
 
 def fd_of_features(real: Tensor | np.ndarray, fake: Tensor | np.ndarray) -> float:
@@ -106,13 +112,18 @@ class InceptionFeatures(nn.Module):
         if not path.is_file():
             raise UsageError(f"Inception weights {path} not found; download inception_v3_google-0cc3c7bd.pth "
                              "as the README says, or drop --inception-weights for the offline FD")  # fmt: skip
+        source = ("expected torchvision's inception_v3 IMAGENET1K_V1 state dict, the file "
+                  "inception_v3_google-0cc3c7bd.pth (see the README)")  # fmt: skip
+        try:
+            state = load_checkpoint(path)
+        except UsageError as e:
+            raise UsageError(f"--inception-weights {path} is not a state dict ({e}); {source}") from None
         net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
-        state = load_checkpoint(path)
         try:
             net.load_state_dict(state)
         except (RuntimeError, TypeError) as e:
-            raise UsageError(f"{path} does not hold torchvision inception_v3 weights ({str(e).splitlines()[0]}); "
-                             "see the README for the file to use") from None  # fmt: skip
+            raise UsageError(f"--inception-weights {path} does not hold inception_v3 weights "
+                             f"({str(e).splitlines()[0]}); {source}") from None  # fmt: skip
         net.fc = nn.Identity()
         net.aux_logits, net.AuxLogits = False, None
         self.net = net.eval()

@@ -250,6 +250,18 @@ class TrainingFiles:
         self.written.append(save_grid(x, self.out / f"samples_{result.step:07d}.png", nrow=min(8, self.n)))
 
 
+def training_config(steps: int, seed: int = 0, sample_every: int = 0, **train_options: Any) -> TrainConfig:
+    """The :class:`~scoretut.train.TrainConfig` of :func:`fit` (:data:`TRAINING` with the
+    overrides), checked before any data is read; ``sample_every`` must be a multiple of its
+    ``log_every``."""
+    opts = {**TRAINING, "seed": seed, **train_options}
+    opts.setdefault("log_every", max(1, min(100, steps // 20 or 1)))
+    cfg = TrainConfig(steps=steps, **opts)
+    if sample_every and sample_every % cfg.log_every:
+        raise UsageError(f"--sample-every {sample_every} must be a multiple of --log-every {cfg.log_every}")
+    return cfg
+
+
 def fit(
     data: str | os.PathLike | ImageFolder,
     steps: int,
@@ -277,14 +289,10 @@ def fit(
     shard of the data. With ``out_dir`` the checkpoint goes to ``out_dir/ckpt.pt`` and, every
     ``sample_every`` steps, :class:`TrainingFiles` writes sample grids and the loss curve.
     """
+    cfg = training_config(steps, seed, sample_every if out_dir is not None else 0, **train_options)
     dataset = data if isinstance(data, ImageFolder) else ImageFolder(data, "train", image_size, limit=limit)
     recipe = make_recipe(dataset.classes, dataset.size, net, schedule, T, cfg_drop, conditional)
     rank, world = distributed.world()
-    opts = {**TRAINING, "seed": seed, **train_options}
-    opts.setdefault("log_every", max(1, min(100, steps // 20 or 1)))
-    cfg = TrainConfig(steps=steps, **opts)
-    if sample_every and out_dir is not None and sample_every % cfg.log_every:
-        raise UsageError(f"--sample-every {sample_every} must be a multiple of --log-every {cfg.log_every}")
     batches = ImageBatches(dataset, seed=seed, rank=rank, world_size=world)
     torch.manual_seed(seed)
     model = build_model(recipe)

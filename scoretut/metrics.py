@@ -18,7 +18,10 @@ chunks of ``m = n / n_chunks`` points; a metric is computed on each pair of chun
      \\qquad U = \\{P\\ge0: P\\mathbf 1 = \\mathbf 1/m,\\ P^T\\mathbf 1 = \\mathbf 1/m\\}.
 
 Even a perfect sampler scores above zero, because two finite samples of the same law differ;
-:func:`metric_floor` measures that floor and :func:`evaluate_samples` reports ratios to it.
+:func:`metric_floor` measures that floor and :func:`evaluate_samples` reports ratios to it. Both
+metrics depend on the chunk size ``m`` (CD of smaller chunks is larger for the floor and for a
+sampler alike, and their ratio closer to 1), so a ratio means something only at the protocol's
+``m = 100`` (:data:`PROTOCOL_CHUNK`), which :func:`evaluate_samples` enforces unless asked not to.
 
 Fréchet distance between Gaussians (Dowson & Landau 1982; the FID of Heusel et al. 2017):
 
@@ -42,12 +45,14 @@ from scoretut.data.toy2d import sample_dataset
 
 __all__ = [
     "chamfer_distance",
+    "chamfer_terms",
     "emd",
     "evaluate_samples",
     "feature_stats",
     "frechet_distance",
     "gaussian_w2",
     "metric_floor",
+    "PROTOCOL_CHUNK",
 ]
 
 ArrayLike = Tensor | np.ndarray
@@ -78,16 +83,25 @@ def _chunks(x: ArrayLike, y: ArrayLike, n_chunks: int) -> tuple[Tensor, Tensor]:
     return xt.reshape(n_chunks, n // n_chunks, -1), yt.reshape(n_chunks, n // n_chunks, -1)
 
 
-def chamfer_distance(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> float:
-    """Chunked Chamfer distance (module docstring) between ``x`` and ``y``, both ``(n, d)``.
+def chamfer_terms(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> tuple[Tensor, Tensor]:
+    """The two halves of the chunked Chamfer distance, point by point.
 
-    ``n`` must be divisible by ``n_chunks``. Per chunk the squared distances ``(m, m)`` come from
-    ``torch.cdist`` in float64 (without the matrix-product shortcut, so ``CD(x, x) == 0``).
+    Returns ``(to_y, to_x)``, each ``(n,)`` float64: ``to_y[i] = min_j ‖x_i − y_j‖²`` over the
+    points ``y_j`` of the chunk of ``x_i`` (how far each sample lies from the data: strays), and
+    ``to_x[j] = min_i ‖x_i − y_j‖²`` (how far each data point lies from the samples: coverage).
+    ``CD = to_y.mean() + to_x.mean()``. Squared distances come from ``torch.cdist`` in float64
+    (without the matrix-product shortcut, so ``CD(x, x) == 0``).
     """
     xc, yc = _chunks(x, y, n_chunks)
     d2 = torch.cdist(xc, yc, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (C, m, m)
-    per_chunk = d2.min(dim=2).values.mean(dim=1) + d2.min(dim=1).values.mean(dim=1)
-    return float(per_chunk.mean())
+    return d2.min(dim=2).values.flatten(), d2.min(dim=1).values.flatten()
+
+
+def chamfer_distance(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> float:
+    """Chunked Chamfer distance (module docstring) between ``x`` and ``y``, both ``(n, d)``;
+    ``n`` must be divisible by ``n_chunks``. The mean of the two :func:`chamfer_terms`."""
+    to_y, to_x = chamfer_terms(x, y, n_chunks)
+    return float(to_y.mean() + to_x.mean())
 
 
 def emd(x: ArrayLike, y: ArrayLike, n_chunks: int = 100) -> float:
@@ -129,22 +143,49 @@ def metric_floor(data_name: str, n: int = 10000, pairs: int = 3, seed: int = 0, 
     return {"cd": cd, "emd": e, "cd_std": cd_std, "emd_std": e_std}
 
 
+PROTOCOL_CHUNK = 100
+"""Points per chunk in the course protocol (10,000 samples in 100 chunks of 100 points)."""
+
+
 def evaluate_samples(
-    samples: ArrayLike, data_name: str, seed: int = 0, n_chunks: int = 100, pairs: int = 3
+    samples: ArrayLike,
+    data_name: str,
+    seed: int = 0,
+    n_chunks: int | None = None,
+    pairs: int = 3,
+    *,
+    other_chunk_size: bool = False,
 ) -> dict[str, float]:
     """Score ``samples`` ``(n, 2)`` against ``n`` exact points of ``data_name`` drawn with ``seed``.
 
-    Returns ``cd`` and ``emd`` (course protocol), the floors ``cd_floor``/``emd_floor`` (with
-    ``cd_floor_std``/``emd_floor_std``) from :func:`metric_floor` at the same ``n``, and the
-    ratios ``cd_ratio = cd / cd_floor`` and ``emd_ratio = emd / emd_floor`` (1 is perfect).
+    The samples are split into ``n_chunks`` chunks of ``m = n / n_chunks`` points (default
+    ``n_chunks = n / 100``, the protocol's ``m = 100``). CD and EMD per chunk depend on ``m``
+    (smaller chunks pull the CD ratio towards 1), so another ``m`` is refused unless the caller
+    passes ``other_chunk_size=True`` — and then compares the ratio only with ratios at that ``m``.
+
+    Returns ``cd`` and ``emd``, the floors ``cd_floor``/``emd_floor`` (with
+    ``cd_floor_std``/``emd_floor_std``) from :func:`metric_floor` at the same ``n`` and ``m``,
+    the ratios ``cd_ratio = cd / cd_floor`` and ``emd_ratio = emd / emd_floor`` (1 is perfect),
+    and ``n`` and ``chunk_size`` (``m``) so that a table can state them.
     """
     t = torch.as_tensor(np.asarray(samples) if not isinstance(samples, Tensor) else samples.detach())
-    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] == 0 or t.shape[0] % n_chunks:
+    n = t.shape[0] if t.ndim >= 1 else 0
+    if n_chunks is None:
+        n_chunks = max(n // PROTOCOL_CHUNK, 1)
+    if isinstance(n_chunks, bool) or not isinstance(n_chunks, int) or n_chunks <= 0:
+        raise UsageError(f"n_chunks must be a positive integer, got {n_chunks!r}; leave it out for chunks of 100")
+    if t.ndim != 2 or t.shape[1] != 2 or n == 0 or n % n_chunks:
         raise UsageError(
-            f"samples must have shape (n, 2) with n divisible by {n_chunks}, e.g. (10000, 2); got {tuple(t.shape)}"
+            f"samples must have shape (n, 2) with n divisible by {n_chunks} chunks, e.g. (10000, 2);"
+            f" got {tuple(t.shape)}"
+        )
+    if n // n_chunks != PROTOCOL_CHUNK and not other_chunk_size:
+        raise UsageError(
+            f"{n} samples in {n_chunks} chunks are chunks of {n // n_chunks} points, not the protocol's"
+            f" {PROTOCOL_CHUNK}; leave n_chunks out (it defaults to n // {PROTOCOL_CHUNK}), or pass"
+            " other_chunk_size=True and compare only with ratios at the same chunk size"
         )
     x = _points(t, "samples")
-    n = x.shape[0]
     target = sample_dataset(data_name, n, seed)
     floor = metric_floor(data_name, n=n, pairs=pairs, seed=seed, n_chunks=n_chunks)
     cd, e = chamfer_distance(x, target, n_chunks), emd(x, target, n_chunks)
@@ -157,6 +198,8 @@ def evaluate_samples(
         "emd_floor_std": floor["emd_std"],
         "cd_ratio": cd / floor["cd"],
         "emd_ratio": e / floor["emd"],
+        "n": n,
+        "chunk_size": n // n_chunks,
     }
 
 

@@ -139,6 +139,15 @@ def training_data(recipe: dict[str, Any], seed: int) -> Tensor:
     return sample_dataset(recipe["data"], recipe.get("n_data", 100_000), seed=seed)
 
 
+def training_config(steps: int, seed: int = 0, progress: bool = False, **training):
+    """The :class:`scoretut.train.TrainConfig` of :func:`fit`: :data:`DEFAULT_TRAINING` with the
+    ``training`` overrides (it raises :class:`UsageError` for settings that cannot train)."""
+    from scoretut.train import TrainConfig
+
+    options = {**DEFAULT_TRAINING, "log_every": max(1, min(50, steps)), **training}
+    return TrainConfig(steps=steps, seed=seed, progress=progress, **options)
+
+
 def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, *, out_dir=None,
         resume: bool = False, device: torch.device | str = "cpu", progress: bool = False, **training):
     """Build the recipe's model (seeded) and train it; returns a :class:`scoretut.train.TrainResult`.
@@ -147,13 +156,12 @@ def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, 
     ``ckpt_every``...). The recipe is stored in the checkpoint, so ``scoretut toy sample`` can
     rebuild the model from it alone.
     """
-    from scoretut.train import TrainConfig, train
+    from scoretut.train import train
 
     recipe = recipe or DEFAULT_RECIPE
+    cfg = training_config(steps, seed, progress, **training)
     torch.manual_seed(seed)
     model = build_model(recipe)
-    options = {**DEFAULT_TRAINING, "log_every": max(1, min(50, steps)), **training}
-    cfg = TrainConfig(steps=steps, seed=seed, progress=progress, **options)
     return train(model, make_loss(recipe, model.sde), training_data(recipe, seed), cfg, out_dir=out_dir,
                  resume=resume, device=device, config={"kind": "toy", "recipe": recipe})  # fmt: skip
 

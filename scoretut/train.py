@@ -213,6 +213,19 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINT_NAME
 
 
+def check_run_dir(out_dir: str | Path | None, resume: bool = False, overwrite: bool = False) -> Path | None:
+    """The checkpoint path of a run in ``out_dir`` (``None`` without one), after checking that
+    ``resume`` finds a checkpoint there and that a fresh run would not replace one."""
+    ckpt = checkpoint_path(out_dir) if out_dir is not None else None
+    if resume and ckpt is None:
+        raise UsageError("--resume needs --out pointing at the run to continue")
+    if ckpt is not None and ckpt.exists() and not (resume or overwrite):
+        raise UsageError(f"{ckpt} already exists; pass --resume to continue it or choose another --out")
+    if ckpt is not None and resume and not ckpt.exists():
+        raise UsageError(f"--resume was given but {ckpt} does not exist; drop --resume to start afresh")
+    return ckpt
+
+
 def train(
     model: nn.Module,
     loss_fn: LossFn,
@@ -251,13 +264,7 @@ def train(
     config = dict(config or {})
     check_plain(config, "config")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    ckpt = checkpoint_path(out_dir) if out_dir is not None else None
-    if resume and ckpt is None:
-        raise UsageError("--resume needs --out pointing at the run to continue")
-    if ckpt is not None and ckpt.exists() and not (resume or overwrite):
-        raise UsageError(f"{ckpt} already exists; pass --resume to continue it or choose another --out")
-    if ckpt is not None and resume and not ckpt.exists():
-        raise UsageError(f"--resume was given but {ckpt} does not exist; drop --resume to start afresh")
+    ckpt = check_run_dir(out_dir, resume, overwrite)
 
     rank, world = distributed.world()
     if cfg.batch_size % world:

@@ -7,6 +7,7 @@ Most cases call :func:`scoretut.cli.main` in-process (fast); one runs the instal
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_guard import no_work  # noqa: F401  (fixture)
 from scoretut.checkpoint import load_checkpoint
 from scoretut.cli import main
 
@@ -117,6 +119,10 @@ def _pickled_code(path: Path, good: Path) -> None:
     torch.save({"config": {"kind": "toy"}, "ema": {}, "hook": Path("x")}, path)  # a class, not data
 
 
+def _plain_pickle(path: Path, good: Path) -> None:
+    path.write_bytes(pickle.dumps({"config": {"kind": "toy"}, "ema": {}}, protocol=4))
+
+
 def _garbage(path: Path, good: Path) -> None:
     path.write_text("not a checkpoint")
 
@@ -139,6 +145,8 @@ BAD = {
     "missing out": (["toy", "train"], "--out"),
     "decay inside the warm-up": (["toy", "train", "--decay-steps", "20", "--out", "{tmp}/r"], "must exceed the warm-up"),
     "unwritable out": (["toy", "train", "--out", "{tmp}/file.txt/run"], "choose another --out"),
+    "train into a used run": (["toy", "train", "--out", "{run}"], "pass --resume"),
+    "ema decay above 1": (["toy", "train", "--ema-decay", "2", "--out", "{tmp}/r"], "--ema-decay 2"),
     "resume nothing": (["toy", "train", "--resume", "--out", "{tmp}/fresh"], "drop --resume"),
     "cuda without gpu": (["toy", "train", "--device", "cuda", "--out", "{tmp}/r"], "--device=cpu"),
     "unknown device": (["toy", "train", "--device", "tpu", "--out", "{tmp}/r"], "use auto, cpu"),
@@ -149,11 +157,14 @@ BAD = {
     "ckpt is a directory": (["toy", "sample", "--ckpt", "{tmp}", "--out", "{tmp}/s.npy"], "directory"),
     "truncated ckpt": (["toy", "sample", "--ckpt", "{tmp}/bad.pt", "--out", "{tmp}/s.npy"], "re-run training", _corrupt),
     "garbage ckpt": (["toy", "sample", "--ckpt", "{tmp}/bad.pt", "--out", "{tmp}/s.npy"], "re-run training", _garbage),
-    "ckpt with code": (["toy", "sample", "--ckpt", "{tmp}/bad.pt", "--out", "{tmp}/s.npy"], "pickled code", _pickled_code),
+    "ckpt with code": (["toy", "sample", "--ckpt", "{tmp}/bad.pt", "--out", "{tmp}/s.npy"], "will not unpickle", _pickled_code),
+    "ckpt is a plain pickle": (["toy", "sample", "--ckpt", "{tmp}/bad.pt", "--out", "{tmp}/s.npy"], "state_dict()", _plain_pickle),
     "foreign ckpt": (["toy", "sample", "--ckpt", "{tmp}/bad.pt", "--out", "{tmp}/s.npy"], "toy train", _not_toy),
     "unwritable samples": (["toy", "sample", "--ckpt", "{good}", "--n", "10", "--out", "{tmp}/file.txt/s.npy"], "choose another --out"),
     "missing samples": (["toy", "eval", "--samples", "{tmp}/none.npy"], "does not exist"),
     "samples of wrong shape": (["toy", "eval", "--samples", "{tmp}/bad.npy"], "(n, 2)", _wrong_shape),
+    "eval samples not in chunks of 100": (["toy", "eval", "--samples", "{tmp}/bad.npy"], "multiple of 100",
+                                          lambda p, g: np.save(p, np.zeros((150, 2), np.float32))),
     "samples not npy": (["toy", "eval", "--samples", "{tmp}/bad.npy"], "readable", _garbage),
     "eval unknown data": (["toy", "eval", "--samples", "{tmp}/bad.npy", "--data", "nope"], "choose one of",
                           lambda p, g: np.save(p, np.zeros((100, 2), np.float32))),
@@ -163,7 +174,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_with_exit_code_2(case, tiny_run, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_with_exit_code_2_before_any_work(case, tiny_run, tmp_path, capsys, no_work):
     argv, hint, *make = BAD[case]
     if case == "cuda without gpu" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -171,7 +182,7 @@ def test_bad_input_is_one_line_with_exit_code_2(case, tiny_run, tmp_path, capsys
     bad = tmp_path / ("bad.npy" if "samples" in case or case.startswith("eval") else "bad.pt")
     if make:
         make[0](bad, tiny_run / "ckpt.pt")
-    argv = [a.format(tmp=tmp_path, good=tiny_run / "ckpt.pt") for a in argv]
+    argv = [a.format(tmp=tmp_path, good=tiny_run / "ckpt.pt", run=tiny_run) for a in argv]
     code, out, err = run(capsys, *argv)
     assert code == 2, (case, out, err)
     lines = err.strip().splitlines()
@@ -194,3 +205,9 @@ def test_help_lists_the_three_toy_commands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("train", "sample", "eval"))
+
+
+def test_the_no_work_guard_stops_a_valid_command(tiny_run, tmp_path, no_work):
+    # the guard of the bad-input test is live: a good command reaches sampling and fails there
+    with pytest.raises(pytest.fail.Exception, match="scoretut.toy.generate"):
+        main(["toy", "sample", "--ckpt", str(tiny_run / "ckpt.pt"), "--out", str(tmp_path / "s.npy")])

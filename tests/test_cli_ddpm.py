@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_guard import no_work  # noqa: F401  (fixture)
 from scoretut.cli import main
 
 
@@ -89,25 +91,89 @@ def test_sample_then_fid(run_dir, proxy, tmp_path, capsys):
     assert code == 0 and json.loads(text)["value"] == first["value"]
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (("ddpm", "train", "--data", "{tmp}/none", "--out", "{tmp}/r", "--steps", "2", "--device", "cpu"), "expected the layout"),
-        (("ddpm", "train", "--data", "{proxy}", "--out", "{tmp}/r", "--image-size", "10", "--net", "tiny"), "divisible by 4"),
-        (("ddpm", "sample", "--ckpt", "{tmp}/none.pt", "--out", "{tmp}/s"), "does not exist"),
-        (("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/s", "--label", "cat", "--device", "cpu"),
-         "unknown class 'cat'"),
-        (("ddpm", "fid", "--real", "{tmp}", "--fake", "{tmp}"), "--classifier-data"),
-        (("ddpm", "fid", "--real", "{proxy}/val", "--fake", "{tmp}", "--inception-weights", "{tmp}/w.pth"), "not found"),
-        (("ddpm", "fid", "--real", "{tmp}/none", "--fake", "{tmp}"), "is not a folder"),
-        (("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/s", "--sampler", "heun"), "invalid choice"),
-    ],
-)
-def test_bad_input_is_one_line_with_exit_code_2(argv, message, proxy, run_dir, tmp_path, capsys):
+def _empty_dir(path: Path) -> None:
+    path.mkdir()
+
+
+def _list_not_state_dict(path: Path) -> None:
+    torch.save([1, 2, 3], path)
+
+
+def _other_state_dict(path: Path) -> None:
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+
+
+def _plain_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"weights": [1.0]}, protocol=4))
+
+
+def _not_images(path: Path) -> None:
+    (path / "train" / "cat").mkdir(parents=True)
+    (path / "train" / "cat" / "notes.txt").write_text("no images here")
+
+
+R, F = ("--real", "{proxy}/val"), ("--fake", "{tmp}/x")  # an existing image folder; the made input
+SA = ("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/s", "--device", "cpu")
+TR = ("ddpm", "train", "--data", "{proxy}", "--device", "cpu", "--steps", "4")
+BAD = {  # argv, a piece of the message, optionally a function that makes {tmp}/x
+    "proxy: images too small": (("ddpm", "proxy", "--out", "{tmp}/p", "--size", "4"), "size >= 8"),
+    "proxy: into a used folder": (("ddpm", "proxy", "--out", "{tmp}"), "choose another --out"),
+    "proxy: unwritable out": (("ddpm", "proxy", "--out", "{tmp}/file.txt/p"), "choose another --out"),
+    "train: no data folder": (("ddpm", "train", "--data", "{tmp}/none", "--out", "{tmp}/r"), "expected the layout"),
+    "train: data without images": (("ddpm", "train", "--data", "{tmp}/x", "--out", "{tmp}/r"), "holds no .jpg",
+                                   lambda p: _not_images(p)),
+    "train: image size": ((*TR, "--out", "{tmp}/r", "--image-size", "10", "--net", "tiny"), "divisible by 4"),
+    "train: bad label drop": ((*TR, "--out", "{tmp}/r", "--cfg", "--cfg-drop", "1.5"), "--cfg-drop"),
+    "train: sample-every off the log": ((*TR, "--out", "{tmp}/r", "--log-every", "3", "--sample-every", "4"),
+                                        "multiple of --log-every"),
+    "train: ema decay": ((*TR, "--out", "{tmp}/r", "--ema-decay", "2"), "--ema-decay 2"),
+    "train: into a used run": ((*TR, "--out", "{run}"), "pass --resume"),
+    "train: resume nothing": ((*TR, "--out", "{tmp}/fresh", "--resume"), "drop --resume"),
+    "train: unwritable out": ((*TR, "--out", "{tmp}/file.txt/r"), "choose another --out"),
+    "sample: missing ckpt": (("ddpm", "sample", "--ckpt", "{tmp}/none.pt", "--out", "{tmp}/s"), "does not exist"),
+    "sample: ckpt with objects": (("ddpm", "sample", "--ckpt", "{tmp}/x", "--out", "{tmp}/s"), "will not unpickle",
+                                  _plain_pickle),
+    "sample: toy ckpt": (("ddpm", "sample", "--ckpt", "{tmp}/x", "--out", "{tmp}/s"), "not a 'scoretut ddpm train'",
+                         lambda p: torch.save({"config": {"kind": "toy"}, "ema": {}}, p)),
+    "sample: unknown label": ((*SA, "--label", "cat"), "unknown class 'cat'"),
+    "sample: steps beyond T": ((*SA, "--steps", "5000"), "at most --steps 1000"),
+    "sample: unknown sampler": ((*SA, "--sampler", "heun"), "invalid choice"),
+    "sample: unwritable out": (("ddpm", "sample", "--ckpt", "{run}/ckpt.pt", "--out", "{tmp}/file.txt/s"),
+                               "choose another --out"),
+    "sample: unwritable grid": ((*SA, "--grid", "{tmp}/file.txt/g.png"), "choose another --grid"),
+    "sample: full folder": ((*SA[:5], "{run}", "--n", "2"), "--overwrite"),
+    "fid: no classifier source": (("ddpm", "fid", "--real", "{tmp}", "--fake", "{proxy}/val"), "holds no .jpg"),
+    "fid: empty fake": (("ddpm", "fid", *R, *F), "--fake: ", _empty_dir),
+    "fid: empty real": (("ddpm", "fid", "--real", "{tmp}/x", "--fake", "{proxy}/val"), "--real: ", _empty_dir),
+    "fid: missing folder": (("ddpm", "fid", "--real", "{tmp}/none", "--fake", "{proxy}/val"), "is not a folder"),
+    "fid: real without a data root": (("ddpm", "fid", "--real", "{proxy}/val/disc", "--fake", "{proxy}/val"),
+                                      "--classifier-data"),
+    "fid: classifier data without layout": (("ddpm", "fid", *R, "--fake", "{proxy}/val", "--classifier-data", "{tmp}"),
+                                            "expected the layout"),
+    "fid: classifier not one": (("ddpm", "fid", *R, "--fake", "{proxy}/val", "--classifier", "{tmp}/x"),
+                                "not a feature classifier", _other_state_dict),
+    "fid: missing inception file": (("ddpm", "fid", *R, "--fake", "{proxy}/val", "--inception-weights", "{tmp}/w.pth"),
+                                    "not found"),
+    "fid: inception file not a state dict": (("ddpm", "fid", *R, "--fake", "{proxy}/val", "--inception-weights",
+                                              "{tmp}/x"), "inception_v3_google-0cc3c7bd.pth", _list_not_state_dict),
+    "fid: inception file a pickle": (("ddpm", "fid", *R, "--fake", "{proxy}/val", "--inception-weights", "{tmp}/x"),
+                                     "inception_v3_google-0cc3c7bd.pth", _plain_pickle),
+    "fid: inception file of another net": (("ddpm", "fid", *R, "--fake", "{proxy}/val", "--inception-weights",
+                                            "{tmp}/x"), "IMAGENET1K_V1", _other_state_dict),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_with_exit_code_2_before_any_work(case, proxy, run_dir, tmp_path, capsys, no_work):
+    argv, message, *make = BAD[case]
+    (tmp_path / "file.txt").write_text("a file, not a directory")
+    if make:
+        make[0](tmp_path / "x")
     args = [a.format(tmp=tmp_path, proxy=proxy, run=run_dir) for a in argv]
-    code, _, err = run(capsys, *args)
-    assert code == 2
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    code, out, err = run(capsys, *args)
+    assert code == 2, (case, out, err)
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("scoretut: error:") and out == ""
 
 
 @pytest.mark.slow
@@ -122,3 +188,9 @@ def test_torchrun_trains_with_two_cpu_processes(proxy, tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["processes"] == 2  # only rank 0 reports
     state = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
     assert len(state["ranks"]) == 2
+
+
+def test_the_no_work_guard_stops_a_valid_command(proxy, tmp_path, no_work):
+    # the guard is live: a good FD command reaches the classifier's data loading and fails there
+    with pytest.raises(pytest.fail.Exception, match="ImageFolder"):
+        main(["ddpm", "fid", "--real", str(proxy / "val"), "--fake", str(proxy / "val"), "--device", "cpu"])

@@ -113,5 +113,8 @@ def test_inception_weights_errors(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         InceptionFeatures(tmp_path / "missing.pth")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
-    with pytest.raises(UsageError, match="does not hold torchvision inception_v3 weights"):
+    with pytest.raises(UsageError, match="wrong.pth does not hold inception_v3 weights.*inception_v3_google-0cc3c7bd"):
         InceptionFeatures(tmp_path / "wrong.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")  # not a state dict at all
+    with pytest.raises(UsageError, match="list.pth is not a state dict.*IMAGENET1K_V1.*inception_v3_google-0cc3c7bd"):
+        InceptionFeatures(tmp_path / "list.pth")

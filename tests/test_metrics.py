@@ -10,6 +10,7 @@ from scoretut.config import UsageError
 from scoretut.data import sample_dataset
 from scoretut.metrics import (
     chamfer_distance,
+    chamfer_terms,
     emd,
     evaluate_samples,
     feature_stats,
@@ -98,6 +99,18 @@ def test_emd_of_a_translate_is_the_translation_length(rolls):
     assert emd(x, x + v, n_chunks=20) == pytest.approx(float(v.norm()), rel=1e-9)
 
 
+def test_chamfer_terms_separate_strays_from_coverage():
+    # x = y except one sample moved by 3: only that sample's distance to y grows (9), while the
+    # data point it left behind is now 1 away from its nearest sample (its neighbour at +1).
+    y = np.stack([np.arange(10.0), np.zeros(10)], axis=1)
+    x = y.copy()
+    x[4, 1] = 3.0
+    to_y, to_x = chamfer_terms(x, y, n_chunks=1)
+    assert to_y.tolist() == [0.0] * 4 + [9.0] + [0.0] * 5
+    assert to_x.tolist() == [0.0] * 4 + [1.0] + [0.0] * 5
+    assert chamfer_distance(x, y, n_chunks=1) == pytest.approx(float(to_y.mean() + to_x.mean()))
+
+
 def test_emd_matches_an_assignment_on_a_tiny_case():
     # Points 0 and 2 against 1 and 3 on a line: the optimal matching moves each by 1.
     x = np.array([[0.0, 0.0], [2.0, 0.0]])
@@ -125,12 +138,48 @@ def test_metric_floor_is_small_and_evaluation_of_exact_draws_is_near_one():
 )
 def test_evaluate_samples_rejects_bad_samples(samples):
     with pytest.raises(UsageError, match=r"samples"):
-        evaluate_samples(samples, "swiss_roll", n_chunks=10)
+        evaluate_samples(samples, "swiss_roll")
 
 
 def test_evaluate_samples_rejects_unknown_data_set():
     with pytest.raises(UsageError, match="unknown data set"):
-        evaluate_samples(np.zeros((100, 2)), "foo", n_chunks=10)
+        evaluate_samples(np.zeros((100, 2)), "foo")
+
+
+def test_evaluate_samples_uses_chunks_of_100_by_default():
+    x = sample_dataset("moons", 2000, seed=5)
+    report = evaluate_samples(x, "moons", pairs=1)
+    assert (report["n"], report["chunk_size"]) == (2000, 100)
+    assert report["cd"] == chamfer_distance(x, sample_dataset("moons", 2000, seed=0), n_chunks=20)
+    assert report == evaluate_samples(x, "moons", n_chunks=20, pairs=1)
+
+
+@pytest.mark.parametrize("n_chunks", [40, 10, 100])
+def test_evaluate_samples_refuses_other_chunk_sizes_unless_asked(n_chunks):
+    x = sample_dataset("moons", 2000, seed=5)
+    with pytest.raises(UsageError, match=r"chunks of \d+ points, not the protocol's 100.*other_chunk_size=True") as err:
+        evaluate_samples(x, "moons", n_chunks=n_chunks, pairs=1)
+    assert "\n" not in str(err.value)
+    report = evaluate_samples(x, "moons", n_chunks=n_chunks, pairs=1, other_chunk_size=True)
+    assert report["chunk_size"] == 2000 // n_chunks
+    assert report["cd_floor"] == metric_floor("moons", n=2000, pairs=1, n_chunks=n_chunks)["cd"]
+
+
+def test_smaller_chunks_pull_the_cd_ratio_of_strays_towards_one():
+    # 1 % of the points moved far away: at any chunk size they add about 0.01 * 9² to the
+    # sample-to-target term, but the floor grows as the chunks shrink (nearest neighbours are
+    # further apart), so the ratio falls — the reason a ratio is quoted at one chunk size only.
+    x = sample_dataset("moons", 4000, seed=5).clone()
+    x[::100] += 9.0
+    ratio = {m: evaluate_samples(x, "moons", n_chunks=4000 // m, pairs=1, other_chunk_size=True)["cd_ratio"]
+             for m in (20, 50, 100)}  # fmt: skip
+    assert ratio[20] < ratio[50] < ratio[100]
+
+
+@pytest.mark.parametrize("n_chunks", [0, -5, 2.5, True])
+def test_evaluate_samples_rejects_a_bad_n_chunks(n_chunks):
+    with pytest.raises(UsageError, match="n_chunks must be a positive integer"):
+        evaluate_samples(np.zeros((100, 2)), "moons", n_chunks=n_chunks)
 
 
 # --------------------------------------------------------------------------- Fréchet / W2

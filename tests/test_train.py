@@ -258,10 +258,13 @@ class Custom:
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     path = tmp_path / "ck.pt"
     torch.save({"obj": Custom()}, path)  # plain torch.save, bypassing our checks
-    with pytest.raises(UsageError, match="refuses to unpickle code.*state dicts"):
+    with pytest.raises(UsageError, match="will not unpickle.*state_dict"):
         load_checkpoint(path)
-    path.write_bytes(pickle.dumps([1, 2]))  # a plain pickle, not a torch zip file
-    with pytest.raises(UsageError):
+    path.write_bytes(pickle.dumps([1, 2], protocol=4))  # a plain pickle, not a torch zip file
+    with pytest.raises(UsageError, match="will not unpickle.*state_dict"):
+        load_checkpoint(path)
+    path.write_bytes(bytes(range(7, 250)))  # neither: corrupt
+    with pytest.raises(UsageError, match="not a readable checkpoint"):
         load_checkpoint(path)
 
 
