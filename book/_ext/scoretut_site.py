@@ -32,7 +32,8 @@ Loaded from ``_config.yml`` (``sphinx: local_extensions``). It does these things
    package, and serve fast-scale outputs to a ``SCORETUT_SCALE=full`` build. Here each
    scale gets its own cache (``_build/.jupyter_cache/<scale>/``), and a cache is emptied
    (and every page re-read) whenever the package source differs from the one it was
-   filled with. Unchanged chapters with unchanged library code are never re-run.
+   filled with (or the device and AFHQ settings differ). Unchanged chapters with unchanged
+   library code are never re-run. At full scale the per-cell time limit is lifted.
 6. **Switches off sphinx-thebe**, which Jupyter Book 1 always loads: its live-code launcher
    points at remote hosts and its inline ``const THEBE_JS_URL`` configuration can be
    emitted twice, which raises a console error on every page.
@@ -253,9 +254,15 @@ def _drop_sphinx_thebe(app: Sphinx) -> None:
     ]
 
 
+#: Settings that change what a chapter computes without changing its code (the AFHQ chapter's
+#: data, checkpoint and FID network; the device), so they key the execution cache too.
+RUN_SETTINGS = ("SCORETUT_DEVICE", "SCORETUT_AFHQ_DATA", "SCORETUT_AFHQ_CKPT", "SCORETUT_INCEPTION_WEIGHTS")
+
+
 def _library_key(root: Path, scale: str) -> str:
-    """Hash of the ``scoretut`` package source and the run scale."""
+    """Hash of the ``scoretut`` package source, the run scale and :data:`RUN_SETTINGS`."""
     digest = hashlib.sha256(scale.encode())
+    digest.update(json.dumps({k: os.environ.get(k) for k in RUN_SETTINGS}).encode())
     for path in sorted((root / "scoretut").rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
@@ -273,6 +280,8 @@ def _setup_execution_cache(app: Sphinx, config: Config, root: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
     config.nb_execution_cache_path = str(cache)
+    if scale == "full":  # GPU-scale cells (training a U-Net) outlast the CPU per-cell limit
+        config.nb_execution_timeout = -1
     # An "env" config value: when it changes Sphinx re-reads every page (so they re-execute).
     config.scoretut_library_key = key
 
