@@ -144,18 +144,12 @@ def cmd_train(args) -> int:
 
 
 def load_model(path: Path, ema: bool = True):
-    """``(model, recipe)`` from a ``scoretut ddpm train`` checkpoint."""
-    from scoretut.checkpoint import load_checkpoint
-    from scoretut.image_ddpm import build_model
+    """``(model, recipe)`` from a ``scoretut ddpm train`` checkpoint (the EMA weights unless
+    ``ema=False``)."""
+    from scoretut.image_ddpm import load_trained
 
-    state = load_checkpoint(path, map_location="cpu")
-    config = state.get("config", {})
-    if config.get("kind") != "ddpm-image" or "ema" not in state:
-        raise UsageError(f"{path} is not a 'scoretut ddpm train' checkpoint; pass one written by it")
-    recipe = config["recipe"]
-    model = build_model(recipe)
-    model.load_state_dict(state["ema" if ema else "model"])
-    return model.eval(), recipe
+    result, recipe = load_trained(path)
+    return (result.ema if ema else result.model), recipe
 
 
 def cmd_sample(args) -> int:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 import scoretut.ancestral  # noqa: F401  (registers ddpm and ddim in SAMPLERS)
-from scoretut.config import UsageError
+from scoretut.config import UsageError, resolve_device
 from scoretut.metrics import evaluate_samples
 from scoretut.samplers import CountingScore, get_sampler, sample, timesteps
 from scoretut.sde import SDE, ScoreFn
@@ -105,18 +105,26 @@ def point_metrics(data: str, seed: int = 0) -> Evaluate:
     return evaluate
 
 
-def prior_draw(sde: SDE, n: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
-    """The common starting points ``x_T ~ N(0, prior_std² I)`` of shape ``(n, 2)``."""
+def prior_draw(sde: SDE, n: int, seed: int, device: torch.device | str | None = None) -> Tensor:
+    """The common starting points ``x_T ~ N(0, prior_std² I)`` of shape ``(n, 2)`` on ``device``
+    (``None``: :func:`scoretut.default_device`)."""
     if n <= 0 or n % 100:
         raise UsageError(f"the number of samples must be a positive multiple of 100 (chunks of 100), got {n}")
+    device = resolve_device(device)
     return sde.prior_sampling((n, 2), generator=torch.Generator(device).manual_seed(seed), device=device)
 
 
-def _setup(sde, n, data, seed, x, evaluate) -> tuple[Tensor, Evaluate]:
+def _device_of(score_fn: ScoreFn) -> torch.device | None:
+    """The device of a score network's parameters (``None`` for a plain function)."""
+    params = score_fn.parameters() if isinstance(score_fn, torch.nn.Module) else iter(())
+    return next((p.device for p in params), None)
+
+
+def _setup(sde, n, data, seed, x, evaluate, score_fn=None) -> tuple[Tensor, Evaluate]:
     if x is None:
         if n is None:
             raise UsageError("give the number of samples n (2-D points) or a prior draw x")
-        x = prior_draw(sde, n, seed)
+        x = prior_draw(sde, n, seed, _device_of(score_fn))
     if evaluate is None:
         if data is None:
             raise UsageError("give the data set name (for CD/EMD) or an evaluate function")
@@ -132,7 +140,7 @@ def reference(sde: SDE, score_fn: ScoreFn, *, n: int | None = None, data: str | 
     As in :func:`compare`, either ``n`` and ``data`` (2-D points, CD and EMD) or a prior draw
     ``x`` and an ``evaluate`` function.
     """
-    x, evaluate = _setup(sde, n, data, seed, x, evaluate)
+    x, evaluate = _setup(sde, n, data, seed, x, evaluate, score_fn)
     y, nfe = spec.run(sde, score_fn, x, steps, seed=seed, grid=grid)
     return _score_row(spec, steps, nfe, evaluate(y))
 
@@ -156,8 +164,10 @@ def compare(
     budgets too small for one step of a sampler, or giving the same steps as a smaller budget,
     are skipped. For 2-D points give ``n`` and ``data`` (the metrics are ``cd, emd`` and their
     floor ratios); for anything else give the prior draw ``x`` and ``evaluate(samples)``.
+    A prior draw made here lives on the score network's device (:func:`scoretut.default_device`
+    for a plain function).
     """
-    x, evaluate = _setup(sde, n, data, seed, x, evaluate)
+    x, evaluate = _setup(sde, n, data, seed, x, evaluate, score_fn)
     rows = []
     for spec in specs:
         done = set()

@@ -57,6 +57,16 @@ def device_from_arg(name: str | None = "auto", *, setting: str = "device") -> to
     return torch.device(name)
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a :class:`torch.device`; ``None`` means :func:`default_device`.
+
+    Every library entry point that creates tensors takes ``device=None`` and passes it here.
+    """
+    if device is None:
+        return default_device()
+    return device if isinstance(device, torch.device) else device_from_arg(device)
+
+
 def default_device() -> torch.device:
     """The device every chapter and library entry point uses unless given one.
 

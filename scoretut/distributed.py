@@ -86,8 +86,9 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def all_mean(value: float, device: torch.device | str = "cpu") -> float:
-    """The mean of ``value`` over all processes (``value`` itself in a single process)."""
+def all_mean(value: float, device: torch.device | str) -> float:
+    """The mean of ``value`` over all processes (``value`` itself in a single process); ``device``
+    is where the process group's backend reduces (the training device)."""
     _, size = world()
     if size == 1:
         return value

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scoretut.checkpoint import load_checkpoint, save_checkpoint
-from scoretut.config import UsageError
+from scoretut.config import UsageError, resolve_device
 from scoretut.data.images import IMAGE_SUFFIXES, ImageBatches, ImageFolder, load_image, to_unit
 from scoretut.metrics import feature_stats, frechet_distance
 from scoretut.train import TrainConfig, train
@@ -84,8 +84,10 @@ def fd_of_features(real: Tensor | np.ndarray, fake: Tensor | np.ndarray) -> floa
 
 @torch.no_grad()
 def extract_features(net: nn.Module, images: Tensor, batch_size: int = 100,
-                     device: str | torch.device = "cpu") -> np.ndarray:  # fmt: skip
-    """``net.features`` of ``images`` (``uint8`` bytes or floats in ``[−1, 1]``) as float64 ``(N, d)``."""
+                     device: str | torch.device | None = None) -> np.ndarray:  # fmt: skip
+    """``net.features`` of ``images`` (``uint8`` bytes or floats in ``[−1, 1]``) as float64 ``(N, d)``,
+    computed on ``device`` (``None``: :func:`scoretut.default_device`)."""
+    device = resolve_device(device)
     net = net.to(device).eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -172,8 +174,9 @@ def _cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor], generator=Non
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: ImageFolder, device: str | torch.device = "cpu") -> float:
-    """Fraction of ``dataset`` (unflipped) that ``model`` classifies correctly."""
+def accuracy(model: nn.Module, dataset: ImageFolder, device: str | torch.device | None = None) -> float:
+    """Fraction of ``dataset`` (unflipped) that ``model`` classifies correctly (on ``device``)."""
+    device = resolve_device(device)
     model = model.to(device).eval()
     hits = 0
     for start in range(0, len(dataset), 200):
@@ -183,14 +186,14 @@ def accuracy(model: nn.Module, dataset: ImageFolder, device: str | torch.device 
 
 
 def train_classifier(dataset: ImageFolder, steps: int = 1000, batch_size: int = 64, lr: float = 2e-3,
-                     width: int = 16, seed: int = 0, device: str | torch.device = "cpu") -> ClassifierFeatures:  # fmt: skip
+                     width: int = 16, seed: int = 0, device: str | torch.device | None = None) -> ClassifierFeatures:  # fmt: skip
     """Train :class:`ClassifierFeatures` on ``dataset`` (random flips) with cross-entropy and AdamW,
     through :func:`scoretut.train.train` (its EMA is switched off)."""
     torch.manual_seed(seed)
     model = ClassifierFeatures(dataset.num_classes, width)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(100, steps // 10 + 1), ema_decay=0.0,
                       seed=seed, log_every=max(1, steps // 10), progress=False)  # fmt: skip
-    return train(model, _cross_entropy, ImageBatches(dataset, seed=seed), cfg, device=device).model.eval()
+    return train(model, _cross_entropy, ImageBatches(dataset, seed=seed), cfg, device=resolve_device(device)).model.eval()
 
 
 def save_classifier(model: ClassifierFeatures, path: str | os.PathLike, classes: list[str], image_size: int,

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from scoretut import distributed
 from scoretut.ancestral import ddim, ddpm
-from scoretut.config import UsageError
+from scoretut.config import UsageError, resolve_device
 from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
 from scoretut.losses import DSMLoss
 from scoretut.nets.unet import UNet
@@ -274,7 +274,7 @@ def fit(
     schedule: str = "linear",
     T: int = 1000,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     resume: bool = False,
     limit: int | None = None,
     sample_every: int = 0,
@@ -288,6 +288,8 @@ def fit(
     ``lr``, ``amp``, ``compile``, ...). In a ``torchrun`` process group each rank reads its own
     shard of the data. With ``out_dir`` the checkpoint goes to ``out_dir/ckpt.pt`` and, every
     ``sample_every`` steps, :class:`TrainingFiles` writes sample grids and the loss curve.
+    ``device=None`` means :func:`scoretut.default_device`; :func:`gpu_options` gives the
+    CLI's speed options (bf16 autocast, channels-last) for a CUDA device.
     """
     cfg = training_config(steps, seed, sample_every if out_dir is not None else 0, **train_options)
     dataset = data if isinstance(data, ImageFolder) else ImageFolder(data, "train", image_size, limit=limit)
@@ -302,9 +304,33 @@ def fit(
         callbacks.append(TrainingFiles(out_dir, recipe, sample_every, seed=seed))
     loss = EpsLoss(sde, recipe["cfg_drop"], use_labels=recipe["net"]["num_classes"] > 0)
     result = train(model, loss, batches, cfg, out_dir=out_dir, resume=resume,
-                   device=device, config={"kind": "ddpm-image", "recipe": recipe},
+                   device=resolve_device(device), config={"kind": "ddpm-image", "recipe": recipe},
                    callback=(lambda r: [c(r) for c in callbacks]) if callbacks else None)  # fmt: skip
     return result, recipe
+
+
+def load_trained(path: str | os.PathLike) -> tuple[TrainResult, dict[str, Any]]:
+    """A ``scoretut ddpm train`` checkpoint as ``(result, recipe)``, the pair :func:`fit` returns:
+    the raw and the EMA network rebuilt from the stored recipe (in eval mode, on the CPU), the
+    loss history and the step count."""
+    from scoretut.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path, map_location="cpu")  # staged on the host, moved by generate()
+    config = state.get("config", {})
+    if config.get("kind") != "ddpm-image" or "ema" not in state:
+        raise UsageError(f"{path} is not a 'scoretut ddpm train' checkpoint; pass one written by it")
+    recipe = config["recipe"]
+    model, ema = build_model(recipe), build_model(recipe)
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    history = [(int(s), float(v)) for s, v in state.get("history", [])]
+    return TrainResult(model.eval(), ema.eval(), history, int(state["step"])), recipe
+
+
+def gpu_options(device: str | torch.device | None = None) -> dict[str, Any]:
+    """The speed options ``scoretut ddpm train --amp bf16 --channels-last`` sets, for ``fit``:
+    ``{"amp": "bf16", "channels_last": True}`` on a CUDA device, ``{}`` (float32) elsewhere."""
+    return {"amp": "bf16", "channels_last": True} if resolve_device(device).type == "cuda" else {}
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -339,7 +365,7 @@ def generate(
     eta: float = 0.0,
     clip_x0: float | None = 1.0,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     batch_size: int | None = None,
     every: int | None = None,
 ) -> Tensor | list[tuple[float, Tensor]]:
@@ -351,7 +377,8 @@ def generate(
     ``w``. The start noise and the sampler noise come from one generator seeded with ``seed``,
     used batch after batch of ``batch_size`` (default: all at once). With ``every = k`` the
     result is instead the trajectory ``[(t, x), …]`` of every ``k``-th state (and the last) of a
-    single batch, on the CPU.
+    single batch, on the CPU. The model runs on ``device`` (``None``:
+    :func:`scoretut.default_device`); the images are returned on the CPU.
     """
     if n < 1:
         raise UsageError(f"the number of images must be positive, got --n {n}")
@@ -365,6 +392,7 @@ def generate(
     y_all = label_tensor(recipe, labels, n)
     if y_all is None and cfg_scale != 1.0:
         raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
+    device = resolve_device(device)
     model = model.to(device).eval()
     size, channels = recipe["image_size"], recipe["net"].get("channels", 3)
     gen = torch.Generator(device).manual_seed(seed)

@@ -66,7 +66,7 @@ def _points(x: ArrayLike, name: str) -> Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x.detach())
     if t.ndim != 2 or t.shape[0] == 0:
         raise UsageError(f"{name} must have shape (n, d), e.g. (10000, 2); got {tuple(t.shape)}")
-    t = t.to(device="cpu", dtype=torch.float64)
+    t = t.cpu().to(torch.float64)  # the metrics run on the host (numpy, POT)
     if not bool(torch.isfinite(t).all()):
         raise UsageError(f"{name} contains NaN or inf values; check the sampler (step size, number of steps)")
     return t

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scoretut.config import UsageError
+from scoretut.config import UsageError, resolve_device
 from scoretut.data import sample_dataset
 from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
 from scoretut.nets.mlp import ScoreMLP
@@ -149,12 +149,12 @@ def training_config(steps: int, seed: int = 0, progress: bool = False, **trainin
 
 
 def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, *, out_dir=None,
-        resume: bool = False, device: torch.device | str = "cpu", progress: bool = False, **training):
+        resume: bool = False, device: torch.device | str | None = None, progress: bool = False, **training):
     """Build the recipe's model (seeded) and train it; returns a :class:`scoretut.train.TrainResult`.
 
     ``training`` overrides :data:`DEFAULT_TRAINING` (``batch_size``, ``lr``, ``ema_decay``,
     ``ckpt_every``...). The recipe is stored in the checkpoint, so ``scoretut toy sample`` can
-    rebuild the model from it alone.
+    rebuild the model from it alone. ``device=None`` means :func:`scoretut.default_device`.
     """
     from scoretut.train import train
 
@@ -163,7 +163,7 @@ def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, 
     torch.manual_seed(seed)
     model = build_model(recipe)
     return train(model, make_loss(recipe, model.sde), training_data(recipe, seed), cfg, out_dir=out_dir,
-                 resume=resume, device=device, config={"kind": "toy", "recipe": recipe})  # fmt: skip
+                 resume=resume, device=resolve_device(device), config={"kind": "toy", "recipe": recipe})  # fmt: skip
 
 
 @torch.no_grad()
@@ -175,7 +175,7 @@ def generate(
     steps: int | None = None,
     grid: str | None = None,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     recipe: dict[str, Any] | None = None,
     trajectory: bool = False,
     **options,
@@ -184,7 +184,8 @@ def generate(
 
     ``sampler``, ``steps`` and ``grid`` default to the recipe's (the grid belongs to the SDE:
     the ρ = 7 noise levels for the EDM SDE, uniform times for the others). With ``trajectory=True`` the
-    first element is the list of ``(t, x)`` states instead (on the CPU).
+    first element is the list of ``(t, x)`` states instead (on the CPU). The samples are on
+    ``device`` (``None``: :func:`scoretut.default_device`).
     """
     recipe = recipe or DEFAULT_RECIPE
     if n <= 0:
@@ -195,6 +196,7 @@ def generate(
     grid = grid or recipe["grid"]
     sde = model.sde
     ts = timesteps(sde, steps, grid)
+    device = resolve_device(device)
     gen = torch.Generator(device).manual_seed(seed)
     dim = recipe["net"]["dim"]
     x = sde.prior_sampling((n, dim), generator=gen, device=device)

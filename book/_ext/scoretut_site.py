@@ -1,6 +1,6 @@
 """Sphinx extension that keeps the scoretut book fully offline.
 
-Loaded from ``_config.yml`` (``sphinx: local_extensions``). It does four things:
+Loaded from ``_config.yml`` (``sphinx: local_extensions``). It does these things:
 
 1. **Vendors the browser-side libraries** a page needs, pinned to exact versions and
    checked against their npm ``sha512`` integrity: require.js and
@@ -32,10 +32,15 @@ Loaded from ``_config.yml`` (``sphinx: local_extensions``). It does four things:
    package, and serve fast-scale outputs to a ``SCORETUT_SCALE=full`` build. Here each
    scale gets its own cache (``_build/.jupyter_cache/<scale>/``), and a cache is emptied
    (and every page re-read) whenever the package source differs from the one it was
-   filled with. Unchanged chapters with unchanged library code are never re-run.
+   filled with (or the device and AFHQ settings differ). Unchanged chapters with unchanged
+   library code are never re-run. At full scale the per-cell time limit is lifted.
 6. **Switches off sphinx-thebe**, which Jupyter Book 1 always loads: its live-code launcher
    points at remote hosts and its inline ``const THEBE_JS_URL`` configuration can be
    emitted twice, which raises a console error on every page.
+7. **Offers every chapter as a notebook.** Each chapter page's download menu gets its
+   ``.ipynb``, converted from the MyST source at build time by :mod:`scoretut_notebooks`
+   (MyST-NB has no download for markdown notebooks) and written beside the ``.md`` in
+   ``_sources/``; both links carry the ``download`` attribute, so they save a file.
 
 To move to a newer library version, edit :data:`PACKAGES` (version *and* integrity; get the
 integrity with ``npm view NAME@VERSION dist.integrity``).
@@ -47,6 +52,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -58,6 +64,8 @@ from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.errors import ExtensionError
 from sphinx.util import logging
+
+from scoretut_notebooks import is_notebook, write_notebook
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +254,15 @@ def _drop_sphinx_thebe(app: Sphinx) -> None:
     ]
 
 
+#: Settings that change what a chapter computes without changing its code (the AFHQ chapter's
+#: data, checkpoint and FID network; the device), so they key the execution cache too.
+RUN_SETTINGS = ("SCORETUT_DEVICE", "SCORETUT_AFHQ_DATA", "SCORETUT_AFHQ_CKPT", "SCORETUT_INCEPTION_WEIGHTS")
+
+
 def _library_key(root: Path, scale: str) -> str:
-    """Hash of the ``scoretut`` package source and the run scale."""
+    """Hash of the ``scoretut`` package source, the run scale and :data:`RUN_SETTINGS`."""
     digest = hashlib.sha256(scale.encode())
+    digest.update(json.dumps({k: os.environ.get(k) for k in RUN_SETTINGS}).encode())
     for path in sorted((root / "scoretut").rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
@@ -266,6 +280,8 @@ def _setup_execution_cache(app: Sphinx, config: Config, root: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
     config.nb_execution_cache_path = str(cache)
+    if scale == "full":  # GPU-scale cells (training a U-Net) outlast the CPU per-cell limit
+        config.nb_execution_timeout = -1
     # An "env" config value: when it changes Sphinx re-reads every page (so they re-execute).
     config.scoretut_library_key = key
 
@@ -324,6 +340,36 @@ def _on_page_context(app: Sphinx, pagename: str, templatename: str, context: dic
             break
 
 
+def _offer_notebook(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
+                    doctree: Any) -> None:
+    """Write a chapter's ``.ipynb`` (:mod:`scoretut_notebooks`) next to its ``.md`` source in
+    ``_sources/`` and name it in ``ipynb_source``, so the theme's download menu lists it."""
+    if app.builder.format != "html" or doctree is None:
+        return
+    source = Path(app.env.doc2path(pagename))
+    if source.suffix != ".md" or not is_notebook(source):
+        return
+    name = f"{pagename}.ipynb"
+    write_notebook(source, Path(app.outdir) / "_sources" / name, Path(app.srcdir) / "book" / "references.bib")
+    context["ipynb_source"] = name
+
+
+#: The theme renders its download links with ``target="_blank"``: a browser then shows the
+#: JSON or Markdown in a tab. ``download`` makes them save the file instead.
+_DOWNLOAD_LINK = re.compile(r'(<a href="[^"]*_sources/[^"]*\.(?:ipynb|md)") target="_blank"')
+
+
+def _download_links(app: Sphinx, exception: Exception | None) -> None:
+    """Give the download menu's ``.ipynb`` and ``.md`` links the ``download`` attribute."""
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.outdir).rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        new = _DOWNLOAD_LINK.sub(r"\1 download", html)
+        if new != html:
+            page.write_text(new, encoding="utf-8")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the extension (see the module docstring)."""
     app.add_config_value("scoretut_vendor_dir", ".cache/vendor", "env", [str])
@@ -332,4 +378,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", _on_config_inited, priority=100)
     # After myst-nb (priority 500) has added the per-page widget scripts.
     app.connect("html-page-context", _on_page_context, priority=900)
+    # Before the theme (priority 500) builds the download menu from ipynb_source.
+    app.connect("html-page-context", _offer_notebook, priority=400)
+    app.connect("build-finished", _download_links)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -112,6 +112,20 @@ def find_images(root: str | os.PathLike, split: str = "train",
     return paths, labels, list(classes)
 
 
+def afhq_dir(required: bool = False) -> Path | None:
+    """The real AFHQ folder, if there is one: ``SCORETUT_AFHQ_DATA``, else ``data/afhq`` in the
+    clone that holds this package (the README layout); ``None`` when it has no ``train`` split
+    (a one-line :class:`UsageError` instead when ``required`` or when the variable is set)."""
+    env = os.environ.get("SCORETUT_AFHQ_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "afhq"
+    if (root / "train").is_dir():
+        return root
+    if required or env:
+        raise UsageError(f"no AFHQ images in {root}/train; unpack AFHQ there as the README says "
+                         "or point SCORETUT_AFHQ_DATA at the folder")  # fmt: skip
+    return None
+
+
 def load_image(path: str | os.PathLike, size: int) -> Tensor:
     """One image as ``uint8`` ``(3, size, size)``: RGB, centre-cropped to a square, bicubic resize."""
     try:
