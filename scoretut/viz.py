@@ -45,6 +45,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
+from scoretut.fmt import sig
+
 __all__ = [
     "BOOK_STYLE",
     "COLUMN_IN",
@@ -583,7 +585,8 @@ def _to_numpy(x: Any) -> Any:
 def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> Any:
     """A small HTML table for a chapter cell's output (it renders on the static site as is).
 
-    Floats are shown with ``digits`` significant digits; everything else with ``str``; all
+    Floats are shown with ``digits`` significant digits by :func:`scoretut.fmt.sig` (no
+    negative zero, ``∞`` for inf, ``a×10ⁿ`` outside 1e-3..1e5); everything else with ``str``; all
     text is HTML-escaped. Returns an :class:`IPython.display.HTML` object.
     """
     import html
@@ -591,7 +594,7 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: in
     from IPython.display import HTML
 
     def cell(v: Any) -> str:
-        text = f"{v:.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+        text = sig(v, digits) if isinstance(v, float | np.floating) else str(v)
         return html.escape(text)
 
     if any(len(r) != len(columns) for r in rows):

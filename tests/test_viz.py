@@ -221,10 +221,12 @@ def test_point_cloud_panel_frames_limits_fixed_or_per_frame() -> None:
 
 
 def test_html_table_formats_and_escapes() -> None:
-    t = viz.html_table(["h", "a<b"], [[0.1234567, "x&y"], [np.float32(2.5), 3]], digits=3)
+    t = viz.html_table(["h", "a<b"], [[0.1234567, "x&y"], [np.float32(2.5), 3],
+                                      [-1e-9 * 0, float("inf")]], digits=3)
     html = t.data
-    assert html.count("<tr>") == 3 and "<th>a&lt;b</th>" in html
-    assert "<td>0.123</td>" in html and "<td>2.5</td>" in html and "<td>x&amp;y</td>" in html
+    assert html.count("<tr>") == 4 and "<th>a&lt;b</th>" in html
+    assert "<td>0.123</td>" in html and "<td>2.50</td>" in html and "<td>x&amp;y</td>" in html
+    assert "<td>-0" not in html and "<td>∞</td>" in html  # scoretut.fmt.sig
     with pytest.raises(ValueError, match="2 cells"):
         viz.html_table(["a", "b"], [[1]])
 
