@@ -494,6 +494,19 @@ def test_figures_are_not_shrunk(page_path: str, site: Path, server: str, browser
     assert not small, f"{page_path}: figures shrunk below 85 % of their width: {small}"
 
 
+def test_captions_are_not_light(site: Path, server: str, browser: object) -> None:
+    """Figure captions use the normal text weight and colour, not a light grey."""
+    page_path = next(iter(FIGURE_PAGES), None)
+    assert page_path, "no built page has a figure"
+    with _at(browser, server + page_path, DESKTOP) as page:
+        styles = page.evaluate("""() => [...document.querySelectorAll('figcaption .caption-text')]
+            .map(t => { const s = getComputedStyle(t);
+                        return [parseInt(s.fontWeight), s.color]; })""")
+    assert styles, f"{page_path}: no captions"
+    light = [s for s in styles if s[0] < 400]
+    assert not light, f"{page_path}: captions at a light weight: {light[:3]}"
+
+
 def test_no_source_maps_shipped(site: Path) -> None:
     maps = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.map"))
     assert not maps, f"source maps in the built site: {maps}"
