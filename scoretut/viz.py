@@ -18,28 +18,49 @@ Typical use in a chapter::
 Everything here uses a fixed figure size and dpi (never ``bbox_inches="tight"``), so all
 frames of a widget have the same pixel size, and PNGs are palette-quantized so a 30-frame
 widget stays a few hundred kB in the page.
+
+**The book's figure style.** Importing this module applies :data:`BOOK_STYLE` (font sizes,
+resolution, a perceptual colormap, mathtext) to matplotlib and, inside IPython, makes every
+inline figure fit the text column (:func:`fit_to_column`): a figure wider than
+:data:`COLUMN_IN` is narrowed to it, and a single row of panels that would leave each panel
+narrower than :data:`MIN_PANEL_IN` is stacked into rows. A figure shown on the page at its
+natural size keeps its text at ``pt * FIGURE_DPI / 72`` CSS px: at least 12 px for 9-pt tick
+labels. Widget frames use the same style at :data:`DPI` (tick labels 11 px).
 """
 
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ipywidgets as widgets
+import matplotlib as mpl
 import numpy as np
 from ipywidgets.widgets.widget_link import Link
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.gridspec import GridSpec
+
+from scoretut.fmt import sig
 
 __all__ = [
+    "BOOK_STYLE",
+    "COLUMN_IN",
+    "COLUMN_PX",
     "DPI",
     "FIGSIZE",
+    "FIELD_CMAP",
+    "FIGURE_DPI",
+    "MIN_PANEL_IN",
     "MARGINS",
     "PNG_MAGIC",
     "FramePlayer",
     "fig_to_png",
+    "fit_to_column",
     "frames_widget",
     "html_table",
     "new_figure",
@@ -48,11 +69,40 @@ __all__ = [
     "render_frames",
     "shared_limits",
     "trajectory_frames",
+    "use_book_style",
     "vector_field_frames",
 ]
 
-#: Dots per inch of every frame; with :data:`FIGSIZE` this gives 288x288 px frames.
-DPI = 80
+#: Width of the book's text column in CSS px in a 1280 px wide window (sphinx-book-theme
+#: 1.3 with both sidebars shown; measured in Chromium on the built site).
+COLUMN_PX = 688
+#: Pixels per inch of every inline figure (matplotlib's ``figure.dpi``).
+FIGURE_DPI = 100
+#: The column width in figure inches: inline figures are made at most this wide.
+COLUMN_IN = COLUMN_PX / FIGURE_DPI
+#: Narrowest panel, in inches, of a row of panels; a wider row is stacked into rows.
+MIN_PANEL_IN = 2.2
+
+#: The book's matplotlib style (applied when this module is imported). Tick labels are 9 pt:
+#: 12.5 px on the page for a figure at its natural size, 11 px in widget frames.
+BOOK_STYLE: dict[str, Any] = {
+    "figure.dpi": FIGURE_DPI,
+    "savefig.dpi": "figure",
+    "figure.figsize": (COLUMN_IN, 0.42 * COLUMN_IN),
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
+    "image.cmap": "viridis",
+    "axes.formatter.use_mathtext": True,
+    "mathtext.fontset": "dejavusans",
+}
+
+#: Dots per inch of every frame; with :data:`FIGSIZE` this gives 317x317 px frames.
+DPI = 88
 #: Default frame size in inches.
 FIGSIZE = (3.6, 3.6)
 #: First eight bytes of every PNG file.
@@ -62,9 +112,115 @@ PNG_COLORS = 64
 
 Limits = tuple[tuple[float, float], tuple[float, float]]
 
+#: Colormap of arrow magnitudes: viridis without its palest yellow, so that every arrow
+#: stays visible on a white background (a diverging map made the middle values white).
+FIELD_CMAP = mpl.colors.ListedColormap(mpl.colormaps["viridis"](np.linspace(0.0, 0.85, 256)),
+                                       name="viridis_on_white")
+
 
 #: Default margins (figure fractions) around the axes of a frame.
-MARGINS = {"left": 0.13, "right": 0.96, "bottom": 0.1, "top": 0.9}
+MARGINS = {"left": 0.15, "right": 0.96, "bottom": 0.1, "top": 0.9}
+
+
+#: Height, in inches, of a row's titles and tick labels: kept when a figure is narrowed.
+_TEXT_IN = 0.8
+
+
+def _single_row(fig: Figure) -> list[Axes] | None:
+    """The axes of ``fig`` if they are exactly one row of subplots (no colorbars, insets)."""
+    axes = fig.get_axes()
+    specs = [ax.get_subplotspec() for ax in axes]
+    if not axes or any(sp is None for sp in specs):
+        return None
+    grid = specs[0].get_gridspec()
+    if any(sp.get_gridspec() is not grid for sp in specs) or grid.nrows != 1:
+        return None
+    if sorted(sp.colspan.start for sp in specs) != list(range(len(axes))) or grid.ncols != len(axes):
+        return None
+    return sorted(axes, key=lambda ax: ax.get_subplotspec().colspan.start)
+
+
+def fit_to_column(fig: Figure, column_in: float = COLUMN_IN,
+                  min_panel_in: float = MIN_PANEL_IN) -> Figure:
+    """Make ``fig`` at most ``column_in`` inches wide, stacking a row of panels if needed.
+
+    A figure drawn wider than the page column is shrunk by the browser, and its text with
+    it. Instead the figure is narrowed to the column before it is drawn, so its text keeps
+    its point size. A single row of ``n`` subplots whose panels would become narrower than
+    ``min_panel_in`` is re-laid out as ``r = ceil(n / k)`` rows of ``ceil(n / r)`` panels
+    (``k`` panels of ``min_panel_in`` fit the column). Each panel keeps its aspect ratio
+    (the height of titles and tick labels is kept as is); the figure is then laid out again
+    (its layout engine if it has one, else ``tight_layout``). Narrower figures are
+    returned unchanged. Returns ``fig``.
+    """
+    w, h = fig.get_size_inches()
+    if w <= column_in * 1.001:
+        return fig
+    row = _single_row(fig)
+    n, rows = (len(row), 1) if row else (1, 1)
+    if row and column_in / n < min_panel_in:
+        rows = math.ceil(n / max(1, int(column_in // min_panel_in)))
+        cols = math.ceil(n / rows)
+        grid = GridSpec(rows, cols, figure=fig)
+        for i, ax in enumerate(row):
+            ax.set_subplotspec(grid[i // cols, i % cols])
+            if i % cols == 0 and len(ax.get_shared_y_axes().get_siblings(ax)) > 1:
+                ax.tick_params(labelleft=True)  # sharey hid them outside the first column
+        scale = (column_in / cols) / (w / n)
+    else:
+        scale = column_in / w
+    panel_h = max(h - _TEXT_IN, 0.3 * h)
+    fig.set_size_inches(column_in, rows * (panel_h * scale + (h - panel_h)), forward=False)
+    if fig.get_layout_engine() is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+    return fig
+
+
+def _fit_inline_figures() -> None:
+    """Inside IPython, run :func:`fit_to_column` on every figure the inline backend shows.
+
+    The inline backend registers a PNG formatter for :class:`Figure`; it is wrapped here
+    (and re-wrapped before each cell, in case the backend was set up again).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is an ipywidgets dependency
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    import matplotlib.pyplot as plt
+
+    backend = str(mpl.rcParams["backend"])
+    if "inline" in backend and not plt.get_fignums():
+        # pyplot loads its backend lazily, at the first figure, and the inline backend
+        # registers its formatter then; load it now so the formatter can be wrapped.
+        plt.switch_backend(backend)
+
+    def wrap(*_: Any) -> None:
+        formatter = shell.display_formatter.formatters["image/png"]
+        show = formatter.type_printers.get(Figure)
+        if show is None or getattr(show, "fits_column", False):
+            return
+
+        def fitted(fig: Figure, *args: Any, **kwargs: Any) -> Any:
+            return show(fit_to_column(fig), *args, **kwargs)
+
+        fitted.fits_column = True  # type: ignore[attr-defined]
+        formatter.for_type(Figure, fitted)
+
+    wrap()
+    if not getattr(shell, "_scoretut_fits_column", False):
+        shell.events.register("pre_run_cell", wrap)
+        shell._scoretut_fits_column = True
+
+
+def use_book_style() -> None:
+    """Apply :data:`BOOK_STYLE` and fit inline figures to the column (done on import)."""
+    _fit_inline_figures()
+    mpl.rcParams.update(BOOK_STYLE)
 
 
 def new_figure(
@@ -248,10 +404,20 @@ def point_cloud_panel_frames(
             raise ValueError(f"lims[{p}] must be ((x0, x1), (y0, y1)) or one such pair per frame")
         per_frame.append(arr)
 
-    fig = Figure(figsize=(panel_size * n_panels, panel_size + 0.35))
+    # Panels side by side while the row fits the column, else stacked in rows (frames are
+    # shown at their natural size, so their text keeps the book style's size).
+    rows = math.ceil(panel_size * n_panels * dpi / COLUMN_PX)
+    cols = math.ceil(n_panels / rows)
+    head_in = 0.35
+    fig = Figure(figsize=(panel_size * cols, (panel_size + 0.25) * rows + head_in))
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.06 / n_panels ** 0.5, right=0.99, bottom=0.09, top=0.84, wspace=0.25)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=0.1 / cols ** 0.5, right=0.99, bottom=0.3 / height,
+                        top=1 - (head_in + 0.1) / height, wspace=0.3, hspace=0.35)
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[n_panels:]:
+        ax.remove()
+    axes = grid[:n_panels]
     dots = [ax.scatter(c[0][:, 0], c[0][:, 1], s=size, color=color, alpha=alpha, linewidths=0)
             for ax, c in zip(axes, clouds)]  # fmt: skip
     for ax, name in zip(axes, names):
@@ -329,7 +495,6 @@ def _style(ax: Axes, xlim: tuple[float, float], ylim: tuple[float, float]) -> No
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_aspect("equal", adjustable="box")
-    ax.tick_params(labelsize=7)
 
 
 def vector_field_frames(
@@ -341,7 +506,7 @@ def vector_field_frames(
     normalize: bool = True,
     clouds: Sequence[np.ndarray] | None = None,
     color: str = "tab:red",
-    figsize: tuple[float, float] = FIGSIZE,
+    figsize: tuple[float, float] | None = None,
     dpi: int = DPI,
 ) -> list[bytes]:
     """Render one 2D vector field per frame (e.g. a score ``∇log p_t`` at several ``t``).
@@ -350,9 +515,13 @@ def vector_field_frames(
     (numpy or torch). It is evaluated on a ``grid x grid`` lattice over ``lims``. With
     ``normalize`` every arrow has unit length and the magnitude is shown by color, which
     keeps both small and huge scores readable (color is ``log10 |v|`` on one scale shared by
-    all frames); without it arrow lengths are proportional to ``|v|``, again on one shared
-    scale. ``clouds[i]`` (optional) is scattered under frame ``i``.
+    all frames, :data:`FIELD_CMAP`, with a colorbar); without it arrow lengths are
+    proportional to ``|v|``, again on one shared scale. ``clouds[i]`` (optional) is
+    scattered under frame ``i``. ``figsize`` defaults to :data:`FIGSIZE`, widened for the
+    colorbar.
     """
+    if figsize is None:
+        figsize = (FIGSIZE[0] + (0.9 if normalize else 0.0), FIGSIZE[1])
     (x0, x1), (y0, y1) = lims
     xs, ys = np.meshgrid(np.linspace(x0, x1, grid), np.linspace(y0, y1, grid))
     pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
@@ -387,7 +556,9 @@ def vector_field_frames(
                                             linewidths=0)
             if normalize:
                 artists["q"] = ax.quiver(pts[:, 0], pts[:, 1], vec[:, 0], vec[:, 1], colors[0],
-                                         cmap="coolwarm", clim=clim, **kw)
+                                         cmap=FIELD_CMAP, clim=clim, **kw)
+                ax.figure.colorbar(artists["q"], ax=ax, shrink=0.8, pad=0.03,
+                                   label=r"$\log_{10}\,|v|$")
             else:
                 artists["q"] = ax.quiver(pts[:, 0], pts[:, 1], vec[:, 0], vec[:, 1], color=color, **kw)
             _style(ax, (x0, x1), (y0, y1))
@@ -400,7 +571,8 @@ def vector_field_frames(
                 artists["q"].set_UVC(vec[:, 0], vec[:, 1])
         ax.set_title(titles_[i], fontsize=10)
 
-    return render_frames(draw, len(fields), figsize=figsize, dpi=dpi, clear=False)
+    margins = {"right": 0.88} if normalize else None
+    return render_frames(draw, len(fields), figsize=figsize, dpi=dpi, clear=False, margins=margins)
 
 
 def _to_numpy(x: Any) -> Any:
@@ -413,7 +585,8 @@ def _to_numpy(x: Any) -> Any:
 def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> Any:
     """A small HTML table for a chapter cell's output (it renders on the static site as is).
 
-    Floats are shown with ``digits`` significant digits; everything else with ``str``; all
+    Floats are shown with ``digits`` significant digits by :func:`scoretut.fmt.sig` (no
+    negative zero, ``∞`` for inf, ``a×10ⁿ`` outside 1e-3..1e5); everything else with ``str``; all
     text is HTML-escaped. Returns an :class:`IPython.display.HTML` object.
     """
     import html
@@ -421,7 +594,7 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: in
     from IPython.display import HTML
 
     def cell(v: Any) -> str:
-        text = f"{v:.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+        text = sig(v, digits) if isinstance(v, float | np.floating) else str(v)
         return html.escape(text)
 
     if any(len(r) != len(columns) for r in rows):
@@ -497,3 +670,6 @@ def frames_widget(
     box.play, box.slider, box.frames, box.labels = play, slider, stack, label_stack
     box.links = tuple(links)
     return box
+
+
+use_book_style()

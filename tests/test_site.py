@@ -317,3 +317,207 @@ def test_no_remote_resources_in_built_files(site: Path) -> None:
         urls = CSS_URL.findall(css) + CSS_IMPORT.findall(css)
         offenders += [f"{path.relative_to(site)}: {u}" for u in urls if _remote(u)]
     assert not offenders, "non-local resource URLs:\n" + "\n".join(offenders)
+
+
+# --- what a reader sees: equations, navigation, figures ----------------------------------
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+def _pages_with(marker: str) -> list[str]:
+    """Built content pages whose HTML contains ``marker``."""
+    if not SITE.is_dir():
+        return []
+    return sorted(
+        p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
+        if not set(p.relative_to(SITE).parts[:1]) & {"_static", "_sources", "reports"}
+        and marker in p.read_text(encoding="utf-8", errors="replace")
+    )
+
+
+MATH_PAGES = _pages_with('class="math notranslate nohighlight"')
+FIGURE_PAGES = _pages_with("<figure")
+
+
+@contextlib.contextmanager
+def _at(browser: object, url: str, viewport: dict) -> Iterator[object]:
+    """``url`` opened at ``viewport`` size, with MathJax finished typesetting."""
+    context = browser.new_context(viewport=viewport, service_workers="block")
+    context.route("**/*", lambda r: r.abort("blockedbyclient")
+                  if urlsplit(r.request.url).hostname not in LOCAL_HOSTS else r.continue_())
+    page = context.new_page()
+    try:
+        page.goto(url, wait_until="load")
+        page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+        yield page
+    finally:
+        context.close()
+
+
+# JS: every display equation: its row (div.math, equation + number) against the column,
+# and the MathJax box that holds the equation: its width, what it holds, whether it scrolls
+# and shows the scroll cue (a gradient background).
+EQUATIONS_JS = """() => [...document.querySelectorAll('div.math')].map(d => {
+    const n = d.querySelector('.eqno');
+    const box = d.querySelector('mjx-container') || d;
+    const s = getComputedStyle(box);
+    const column = d.parentElement.clientWidth;
+    return {id: d.id, number: n ? n.textContent.replace('#', '').trim() : '',
+            row: Math.round(d.getBoundingClientRect().width), column,
+            rowContent: d.scrollWidth, box: box.clientWidth, content: box.scrollWidth,
+            overflowX: s.overflowX, cue: s.backgroundImage.includes('gradient'),
+            scrolls: (() => { box.scrollLeft = 40; const x = box.scrollLeft;
+                              box.scrollLeft = 0; return x > 0; })()};
+})"""
+
+
+def _too_wide(eq: dict) -> bool:
+    """The row sticks out of the column, or the equation out of its box."""
+    return (eq["row"] > eq["column"] + 1 or eq["rowContent"] > eq["row"] + 1
+            or eq["content"] > eq["box"] + 1)
+
+
+@pytest.mark.parametrize("page_path", MATH_PAGES or ["<no math pages>"])
+def test_equations_fit_the_column_on_a_desktop(page_path: str, site: Path, server: str,
+                                               browser: object) -> None:
+    """At 1280 px no display equation (with its number) is wider than its column."""
+    if page_path not in MATH_PAGES:
+        pytest.fail("no built page has display math; rebuild the book")
+    with _at(browser, server + page_path, DESKTOP) as page:
+        wide = [e for e in page.evaluate(EQUATIONS_JS) if _too_wide(e)]
+    assert not wide, f"{page_path}: equations wider than the column at 1280 px: {wide}"
+
+
+@pytest.mark.parametrize("page_path", MATH_PAGES or ["<no math pages>"])
+def test_wide_equations_scroll_in_their_own_box_on_a_phone(page_path: str, site: Path,
+                                                           server: str, browser: object) -> None:
+    """At 390 px an equation wider than the column scrolls inside its box, with a cue."""
+    if page_path not in MATH_PAGES:
+        pytest.fail("no built page has display math; rebuild the book")
+    with _at(browser, server + page_path, PHONE) as page:
+        eqs = page.evaluate(EQUATIONS_JS)
+        page_width = page.evaluate("() => document.documentElement.scrollWidth")
+    wide = [e for e in eqs if e["content"] > e["box"] + 1]
+    stuck = [e for e in wide if e["overflowX"] not in ("auto", "scroll") or not e["scrolls"]
+             or not e["cue"]]
+    stuck += [e for e in eqs if e["row"] > e["column"] + 1 or e["rowContent"] > e["row"] + 1]
+    assert not stuck, f"{page_path}: wide equations that do not scroll with a cue: {stuck}"
+    assert page_width <= PHONE["width"], f"{page_path}: the page is {page_width} px wide at 390 px"
+
+
+def _click_visible(page: object, selector: str) -> None:
+    buttons = page.locator(selector)
+    visible = [buttons.nth(i) for i in range(buttons.count()) if buttons.nth(i).is_visible()]
+    assert visible, f"no visible {selector} button"
+    visible[0].click()
+
+
+def test_phone_menu_and_contents_buttons(site: Path, server: str, browser: object) -> None:
+    """At 390 px the menu button opens the chapter list and the contents button the page
+    contents; at 1280 px the menu button collapses the sidebar."""
+    page_path = next((p for p in MATH_PAGES if p.startswith("book/")), None)
+    assert page_path, "no chapter page built"
+    shown = """sel => { const d = document.querySelector(sel);
+        return !!d && d.open && [...d.querySelectorAll('a')].filter(a => a.offsetWidth > 0).length; }"""
+    with _at(browser, server + page_path, PHONE) as page:
+        _click_visible(page, ".primary-toggle")
+        page.wait_for_timeout(300)
+        links = page.evaluate(shown, "#pst-primary-sidebar-modal")
+        assert links and links >= 10, "menu button: no chapter list shown at 390 px"
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(200)
+        _click_visible(page, ".secondary-toggle")
+        page.wait_for_timeout(300)
+        links = page.evaluate(shown, "#pst-secondary-sidebar-modal")
+        assert links and links >= 2, "contents button: no page contents shown at 390 px"
+    with _at(browser, server + page_path, DESKTOP) as page:
+        shows = """() => { const s = document.querySelector('#pst-primary-sidebar');
+            return getComputedStyle(s).visibility !== 'hidden' && s.getBoundingClientRect().right > 1; }"""
+        assert page.evaluate(shows), "no primary sidebar on a desktop"
+        _click_visible(page, ".primary-toggle")
+        page.wait_for_timeout(800)
+        assert not page.evaluate(shows), "menu button did not collapse the sidebar at 1280 px"
+        _click_visible(page, ".primary-toggle")
+        page.wait_for_timeout(800)
+        assert page.evaluate(shows), "menu button did not bring the sidebar back at 1280 px"
+
+
+class FigureImages(HTMLParser):
+    """(src, alt) of every ``<img>`` inside a ``<figure>``."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.depth = 0
+        self.images: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "figure":
+            self.depth += 1
+        elif tag == "img" and self.depth:
+            a = dict(attrs)
+            self.images.append((a.get("src") or "", a.get("alt")))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure" and self.depth:
+            self.depth -= 1
+
+
+def test_figure_images_have_real_alt_text(site: Path) -> None:
+    bad: list[str] = []
+    for rel in FIGURE_PAGES:
+        parser = FigureImages()
+        parser.feed((site / rel).read_text(encoding="utf-8"))
+        for src, alt in parser.images:
+            text = (alt or "").strip()
+            if (len(text) < 15 or "_images/" in text or "jupyter_execute" in text
+                    or re.fullmatch(r"\S+\.(png|jpe?g|svg|gif)", text, re.IGNORECASE)):
+                bad.append(f"{rel}: {src} alt={alt!r}")
+    assert FIGURE_PAGES, "no built page has a figure"
+    assert not bad, "figure images without real alt text:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("page_path", FIGURE_PAGES or ["<no figure pages>"])
+def test_figures_are_not_shrunk(page_path: str, site: Path, server: str, browser: object) -> None:
+    """At 1280 px every figure image is shown at >= 85 % of its natural width, so the text
+    in it keeps the size it was drawn at (the book style draws it at >= 10 px)."""
+    if page_path not in FIGURE_PAGES:
+        pytest.fail("no built page has a figure; rebuild the book")
+    with _at(browser, server + page_path, DESKTOP) as page:
+        page.wait_for_function("() => [...document.querySelectorAll('figure img')]"
+                               ".every(i => i.complete)", timeout=20_000)
+        imgs = page.evaluate("""() => [...document.querySelectorAll('figure img')]
+            .filter(i => i.offsetWidth > 0)
+            .map(i => ({src: i.src.split('/').pop(), shown: i.getBoundingClientRect().width,
+                        natural: i.naturalWidth}))""")
+    small = [i for i in imgs if i["shown"] < 0.85 * i["natural"]]
+    assert not small, f"{page_path}: figures shrunk below 85 % of their width: {small}"
+
+
+def test_captions_are_not_light(site: Path, server: str, browser: object) -> None:
+    """Figure captions use the normal text weight and colour, not a light grey."""
+    page_path = next(iter(FIGURE_PAGES), None)
+    assert page_path, "no built page has a figure"
+    with _at(browser, server + page_path, DESKTOP) as page:
+        styles = page.evaluate("""() => [...document.querySelectorAll('figcaption .caption-text')]
+            .map(t => { const s = getComputedStyle(t);
+                        return [parseInt(s.fontWeight), s.color]; })""")
+    assert styles, f"{page_path}: no captions"
+    light = [s for s in styles if s[0] < 400]
+    assert not light, f"{page_path}: captions at a light weight: {light[:3]}"
+
+
+def test_no_source_maps_shipped(site: Path) -> None:
+    maps = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.map"))
+    assert not maps, f"source maps in the built site: {maps}"
+
+
+def test_search_snippets_have_no_tex(site: Path, server: str, browser: object) -> None:
+    """Search results show math as text, not TeX source."""
+    with _at(browser, server + "search.html?q=preconditioning", DESKTOP) as page:
+        page.wait_for_function("() => document.querySelectorAll('#search-results li p').length > 0",
+                               timeout=30_000)
+        snippets = page.evaluate("() => [...document.querySelectorAll('#search-results li p')]"
+                                 ".map(p => p.textContent)")
+    tex = [s for s in snippets if re.search(r"\\[()\[\]]|\\[a-zA-Z]+", s)]
+    assert not tex, f"search snippets with TeX: {tex[:3]}"

@@ -200,8 +200,9 @@ def test_point_cloud_panel_frames_one_png_per_frame_panels_side_by_side() -> Non
     three = viz.point_cloud_panel_frames([clouds, clouds, clouds], ["a", "b", "c"],
                                          [f"t = {i}" for i in range(5)], panel_size=2.0, dpi=50)
     assert len(three) == 5 and all(p.startswith(viz.PNG_MAGIC) for p in three)
-    assert {_size(p) for p in three} == {(300, 117)}  # 3 panels x 2 in x 50 dpi wide
-    assert {_size(p) for p in one} == {(100, 117)}
+    # 3 panels x 2 in x 50 dpi wide; (2 in + 0.25 in of labels + 0.35 in of title) tall
+    assert {_size(p) for p in three} == {(300, 130)}
+    assert {_size(p) for p in one} == {(100, 130)}
     assert len(set(three)) == 5, "the clouds move, so every frame differs"
 
 
@@ -220,10 +221,12 @@ def test_point_cloud_panel_frames_limits_fixed_or_per_frame() -> None:
 
 
 def test_html_table_formats_and_escapes() -> None:
-    t = viz.html_table(["h", "a<b"], [[0.1234567, "x&y"], [np.float32(2.5), 3]], digits=3)
+    t = viz.html_table(["h", "a<b"], [[0.1234567, "x&y"], [np.float32(2.5), 3],
+                                      [-1e-9 * 0, float("inf")]], digits=3)
     html = t.data
-    assert html.count("<tr>") == 3 and "<th>a&lt;b</th>" in html
-    assert "<td>0.123</td>" in html and "<td>2.5</td>" in html and "<td>x&amp;y</td>" in html
+    assert html.count("<tr>") == 4 and "<th>a&lt;b</th>" in html
+    assert "<td>0.123</td>" in html and "<td>2.50</td>" in html and "<td>x&amp;y</td>" in html
+    assert "<td>-0" not in html and "<td>∞</td>" in html  # scoretut.fmt.sig
     with pytest.raises(ValueError, match="2 cells"):
         viz.html_table(["a", "b"], [[1]])
 
@@ -259,3 +262,75 @@ def test_trajectory_frames_rejects_bad_shapes() -> None:
         viz.trajectory_frames(paths, lims=[((-1, 1), (-1, 1))] * 4)
     with pytest.raises(ValueError, match="titles"):
         viz.trajectory_frames(paths, titles=["a"])
+
+
+# --- the book's figure style --------------------------------------------------------------
+
+def test_book_style_is_applied_on_import_and_text_is_at_least_10px() -> None:
+    assert matplotlib.rcParams["figure.dpi"] == viz.FIGURE_DPI
+    assert matplotlib.rcParams["image.cmap"] == "viridis"
+    smallest_pt = min(matplotlib.rcParams[k] for k in
+                      ("xtick.labelsize", "ytick.labelsize", "legend.fontsize", "font.size"))
+    # A figure shown at its natural size: 1 pt = FIGURE_DPI / 72 px; frames use DPI.
+    assert smallest_pt * min(viz.FIGURE_DPI, viz.DPI) / 72 >= 10
+    assert viz.COLUMN_IN * viz.FIGURE_DPI == pytest.approx(viz.COLUMN_PX)
+
+
+def _panel_rows(fig: object) -> int:
+    return len({round(ax.get_position().y0, 3) for ax in fig.axes})
+
+
+def test_fit_to_column_stacks_a_wide_row_of_panels() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 5, figsize=(12, 2.7), sharex=True, sharey=True)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1])
+        ax.set(title=r"$\sigma_\mathrm{max} = 1$", aspect="equal")
+    viz.fit_to_column(fig)
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(viz.COLUMN_IN)
+    per_row = int(viz.COLUMN_IN // viz.MIN_PANEL_IN)
+    assert _panel_rows(fig) == -(-5 // per_row)  # ceil
+    # every panel at least MIN_PANEL_IN wide (as a slot of the new grid)
+    cols = -(-5 // _panel_rows(fig))
+    assert viz.COLUMN_IN / cols >= viz.MIN_PANEL_IN
+    png = viz.fig_to_png(fig, dpi=viz.FIGURE_DPI, quantize=False)
+    assert _size(png)[0] <= viz.COLUMN_PX + 1
+
+
+def test_fit_to_column_narrows_a_row_that_fits_without_stacking() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+    viz.fit_to_column(fig)
+    assert fig.get_size_inches()[0] == pytest.approx(viz.COLUMN_IN)
+    assert _panel_rows(fig) == 1
+    assert fig.get_size_inches()[1] < 3.3  # the panels keep (about) their aspect
+    plt.close(fig)
+
+
+def test_fit_to_column_leaves_a_narrow_figure_alone() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    viz.fit_to_column(fig)
+    assert tuple(fig.get_size_inches()) == (5, 3)
+    plt.close(fig)
+
+
+def test_panel_frames_are_stacked_to_fit_the_column() -> None:
+    panels = [_clouds(n_frames=2, n_points=50, seed=s) for s in range(4)]
+    frames = viz.point_cloud_panel_frames(panels, ["a", "b", "c", "d"], ["t0", "t1"],
+                                          panel_size=2.6)
+    width, height = _size(frames[0])
+    assert width <= viz.COLUMN_PX
+    assert height > width  # two rows of two
+
+
+def test_vector_field_frames_have_a_colorbar() -> None:
+    frames = viz.vector_field_frames([lambda p: -p, lambda p: -2 * p], ((-1, 1), (-1, 1)),
+                                     grid=5)
+    one_panel = viz.vector_field_frames([lambda p: -p], ((-1, 1), (-1, 1)), grid=5,
+                                        normalize=False)
+    assert _size(frames[0])[0] > _size(one_panel[0])[0]  # room for the colorbar

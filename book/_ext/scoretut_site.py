@@ -41,6 +41,15 @@ Loaded from ``_config.yml`` (``sphinx: local_extensions``). It does these things
    ``.ipynb``, converted from the MyST source at build time by :mod:`scoretut_notebooks`
    (MyST-NB has no download for markdown notebooks) and written beside the ``.md`` in
    ``_sources/``; both links carry the ``download`` attribute, so they save a file.
+8. **Reader-facing fixes on every page** (``book/_ext/static/scoretut-site.{css,js}``):
+   display equations scroll inside their own box with a shadow cue when wider than the
+   column; full-contrast captions; the sidebar buttons of sphinx-book-theme 1.3 wired to
+   pydata-sphinx-theme 0.17's handlers (see the script); search snippets with the TeX of
+   inline math turned into plain text. Every image in a figure gets its caption as alt
+   text (Sphinx would use the file path), and the bibliography is labelled author–year
+   like the citations (``scoretut_bib``).
+9. **Ships no source maps**: the themes' ``*.map`` files (and the ``sourceMappingURL``
+   comments pointing at them) are removed from the built site when the build finishes.
 
 To move to a newer library version, edit :data:`PACKAGES` (version *and* integrity; get the
 integrity with ``npm view NAME@VERSION dist.integrity``).
@@ -60,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.errors import ExtensionError
@@ -294,7 +304,7 @@ def _on_config_inited(app: Sphinx, config: Config) -> None:
     for pkg in PACKAGES:
         _extract(pkg, _fetch(pkg, cache), static_root)
     setup_js = _write_setup_js(static_root)
-    config.html_static_path = [*config.html_static_path, str(static_root)]
+    config.html_static_path = [*config.html_static_path, str(static_root), str(SITE_STATIC)]
 
     # myst-nb adds these, in this order, to every page that embeds widget state.
     config.nb_ipywidgets_js = {
@@ -370,8 +380,51 @@ def _download_links(app: Sphinx, exception: Exception | None) -> None:
             page.write_text(new, encoding="utf-8")
 
 
+#: Folder of this extension's own CSS and JS (point 7 of the module docstring).
+SITE_STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _caption_alt(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Give every image in a captioned figure its caption as alt text."""
+    for figure in doctree.findall(nodes.figure):
+        captions = [c for c in figure.children if isinstance(c, nodes.caption)]
+        if not captions:
+            continue
+        text = " ".join(captions[0].astext().split())
+        for image in figure.findall(nodes.image):
+            alt = image.get("alt", "")
+            if not alt or alt == image.get("uri") or "/" in alt or alt.endswith(".png"):
+                image["alt"] = text
+
+
+def _strip_source_maps(app: Sphinx, exception: Exception | None) -> None:
+    """Delete ``*.map`` files from the output and the comments that point at them."""
+    if exception is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir)
+    removed = 0
+    for path in list(out.rglob("*.map")):
+        removed += path.stat().st_size
+        path.unlink()
+    for path in [*out.rglob("*.js"), *out.rglob("*.css")]:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        if "sourceMappingURL=" in text:
+            lines = [ln for ln in text.splitlines(keepends=True)
+                     if not ln.lstrip().startswith(("//# sourceMappingURL=", "/*# sourceMappingURL="))]
+            path.write_text("".join(lines), encoding="utf-8", errors="surrogateescape")
+    if removed:
+        logger.info(f"scoretut_site: removed {removed / 1e6:.1f} MB of source maps")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the extension (see the module docstring)."""
+    import scoretut_bib  # next to this file; local_extensions puts book/_ext on sys.path
+
+    scoretut_bib.register()
+    app.add_css_file("scoretut-site.css")
+    app.add_js_file("scoretut-site.js")
+    app.connect("doctree-resolved", _caption_alt)
+    app.connect("build-finished", _strip_source_maps)
     app.add_config_value("scoretut_vendor_dir", ".cache/vendor", "env", [str])
     app.add_config_value("scoretut_library_key", "", "env", [str])  # set in config-inited
     # Run before myst-nb and sphinx.ext.mathjax read their settings.
