@@ -164,9 +164,7 @@ def cmd_sample(args) -> int:
     model, recipe = load_model(args.ckpt, ema=not args.no_ema)
     conditional = recipe["net"]["num_classes"] > 0
     scale = args.cfg_scale if args.cfg_scale is not None else (7.5 if conditional else 1.0)
-    label_tensor(recipe, args.label, args.n)  # the class exists
-    if not conditional and scale != 1.0:
-        raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
+    label_tensor(recipe, args.label, args.n, scale)  # the class exists, and labels for guidance
     if args.steps is not None and args.steps > recipe["T"]:
         raise UsageError(f"--steps {args.steps} exceeds the model's {recipe['T']} diffusion steps; "
                          f"use at most --steps {recipe['T']}")  # fmt: skip

@@ -115,13 +115,17 @@ def build_model(recipe: dict[str, Any]) -> UNet:
     return UNet(**recipe["net"])
 
 
-def label_tensor(recipe: dict[str, Any], labels: int | str | Sequence[int] | Tensor | None, n: int) -> Tensor | None:
+def label_tensor(recipe: dict[str, Any], labels: int | str | Sequence[int] | Tensor | None, n: int,
+                 cfg_scale: float = 1.0) -> Tensor | None:  # fmt: skip
     """Labels ``(n,)`` for sampling: a class name or label for all, one per sample, or ``None`` —
-    the classes in turn ``1, 2, …, K, 1, …`` for a conditional model, no labels otherwise."""
+    the classes in turn ``1, 2, …, K, 1, …`` for a conditional model, no labels otherwise (and
+    then no guidance: ``cfg_scale`` must be 1)."""
     k = recipe["net"]["num_classes"]
     if k == 0:
         if labels is not None:
             raise UsageError("this model was trained without labels (no --cfg); drop --label and --cfg-scale")
+        if cfg_scale != 1.0:
+            raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
         return None
     if labels is None:
         return torch.arange(n) % k + 1
@@ -389,9 +393,7 @@ def generate(
     sde = make_sde(recipe)
     steps = steps or (recipe["T"] if sampler == "ddpm" else 50)
     ts = ddpm_timesteps(sde, steps)
-    y_all = label_tensor(recipe, labels, n)
-    if y_all is None and cfg_scale != 1.0:
-        raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
+    y_all = label_tensor(recipe, labels, n, cfg_scale)
     device = resolve_device(device)
     model = model.to(device).eval()
     size, channels = recipe["image_size"], recipe["net"].get("channels", 3)

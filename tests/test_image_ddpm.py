@@ -128,6 +128,9 @@ def test_labels_for_sampling():
         label_tensor(r, [1, 4], 2)
     with pytest.raises(UsageError, match="without labels"):
         label_tensor(recipe(conditional=False), "a", 2)
+    assert label_tensor(recipe(conditional=False), None, 2, cfg_scale=1.0) is None
+    with pytest.raises(UsageError, match="guidance needs a model trained with labels"):
+        label_tensor(recipe(conditional=False), None, 2, cfg_scale=2.0)
     with pytest.raises(UsageError, match="unknown schedule"):
         recipe(schedule="quadratic")
     with pytest.raises(UsageError, match="divisible by 2"):
