@@ -51,7 +51,7 @@ def test_conversion_keeps_code_and_reads_in_plain_jupyter(md):
     first = nb.cells[0]
     assert first.cell_type == "markdown" and "pip install -r requirements.txt" in first.source
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    for myst in (":::{", "{cite", "{eq}", "{glue", "{numref}", "{admonition}"):
+    for myst in (":::{", "{cite", "{eq}", "{glue", "{numref}", "{admonition}", "{exercise}", "{solution-"):
         assert myst not in text, f"{md.name}: MyST construct {myst!r} left in the notebook"
     assert not re.search(r"^[ \t]*\$\$[ \t]*\(", text, flags=re.M), "equation labels must become \\tag{n}"
     labels = re.findall(r"^[ \t]*\$\$[ \t]*\(([\w:-]+)\)", md.read_text(), flags=re.M)
@@ -70,6 +70,24 @@ def test_conversion_details():
     bridge = to_notebook(ROOT / "book" / "bridge.md")
     assert "`sb_neval`" in "\n".join(c.source for c in bridge.cells)  # glued values are named
     assert to_notebook(ROOT / "book" / "ou.md") == ou  # deterministic (stable cell ids)
+
+
+def test_exercises_become_block_quotes_and_solution_headers():
+    md = ROOT / "book" / "ou.md"
+    titles = re.findall(r"^```\{exercise\}[ \t]*(.+)$", md.read_text(), flags=re.M)
+    assert titles, "ou.md has no exercises to convert"
+    nb = to_notebook(md)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for title in titles:
+        assert f"> **Exercise: {title}**" in text  # the exercise as a titled block quote
+        assert f"**Solution ({title})**" in text  # the solution names its exercise
+    assert ":label:" not in text and ":class: dropdown" not in text  # directive options dropped
+    assert all(c.source.strip() for c in nb.cells if c.cell_type == "markdown")  # no empty cells
+    # the solution's code cells stay code cells, after the solution header
+    sources = [(c.cell_type, c.source) for c in nb.cells]
+    header = next(i for i, (_, s) in enumerate(sources) if s.startswith(f"**Solution ({titles[0]})**")
+                  or f"\n**Solution ({titles[0]})**" in s)  # fmt: skip
+    assert sources[header + 1][0] == "code"
 
 
 # -- the built site -----------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ their metadata are jupytext's) and rewrites what only Sphinx understands into Ma
 reads the same in JupyterLab or VS Code:
 
 - admonitions (``:::{admonition} Run card`` and the like) become block quotes under a bold title;
+- sphinx-exercise's ``{exercise}`` becomes a block quote titled "Exercise: <title>", its gated
+  ``{solution-start} label`` a bold "Solution" line naming the exercise (the solution's prose
+  and code cells follow unfolded), and ``{solution-end}`` is dropped;
 - numbered equations ``$$ … $$ (label)`` get ``\\tag{n}`` (n counts the chapter's labels in
   order, as the page numbers them) and ``{eq}`label``` becomes ``(n)``;
 - ``{cite}`key``` becomes ``(Author et al. YEAR)`` and ``{cite:t}`key``` ``Author et al. (YEAR)``,
@@ -41,7 +44,11 @@ notebook). The default settings (`SCORETUT_SCALE=fast`) finish in minutes on a l
 GPU, start Jupyter with `SCORETUT_SCALE=full` (and `SCORETUT_DEVICE=cuda` or `cuda:N` to choose
 the device; the default `auto` takes CUDA when it is visible). Run the cells in order."""
 
-_ADMONITION = re.compile(r"^(:{3,}|`{3,})\{(admonition|note|tip|warning|important|caution|seealso)\}[ \t]*(.*)$")
+_ADMONITION = re.compile(
+    r"^(:{3,}|`{3,})\{(admonition|note|tip|warning|important|caution|seealso|exercise)\}[ \t]*(.*)$"
+)
+_GATE = re.compile(r"^(:{3,}|`{3,})\{solution-(start|end)\}[ \t]*(\S*)")  # sphinx-exercise gates
+_EXERCISE_LABEL = re.compile(r"^(?::{3,}|`{3,})\{exercise\}[ \t]*(.*)\n:label:[ \t]*(\S+)", re.M)
 _EQ_LABEL = re.compile(r"^([>\s]*)\$\$\s*\(([\w:-]+)\)\s*$")
 _ROLE = re.compile(r"\{([a-z]+(?::[a-z]+)?)\}`([^`]*)`")
 _TARGET = re.compile(r"^\(([\w:-]+)\)=\s*$")
@@ -72,15 +79,28 @@ def _cite(role: str, keys: str, bib: dict[str, tuple[str, str]]) -> str:
     return "(" + "; ".join(f"{who} {year}".strip() for who, year in refs) + ")"
 
 
-def _admonitions(lines: list[str]) -> list[str]:
-    """Rewrite admonition blocks as block quotes with a bold title (options like ``:class:`` dropped)."""
+def _admonitions(lines: list[str], exercises: dict[str, str]) -> list[str]:
+    """Rewrite admonition and exercise blocks as block quotes with a bold title (options like
+    ``:class:`` dropped), and sphinx-exercise's solution gates as a bold "Solution" line."""
     out: list[str] = []
-    fence = None
+    fence = gate = None
     for line in lines:
+        if gate is not None:  # inside a solution-start/-end directive: options only
+            gate = None if line.strip() == gate else gate
+            continue
+        m = _GATE.match(line) if fence is None else None
+        if m:
+            gate, kind, label = m.groups()
+            if kind == "start":
+                title = exercises.get(label, "")
+                out.append(f"**Solution ({title})**" if title else "**Solution**")
+            continue
         m = _ADMONITION.match(line) if fence is None else None
         if m:
             fence = m.group(1)
             title = m.group(3).strip() or m.group(2).capitalize()
+            if m.group(2) == "exercise":
+                title = f"Exercise: {title}" if m.group(3).strip() else "Exercise"
             out += [f"> **{title}**", ">"]
             continue
         if fence is not None:
@@ -95,9 +115,11 @@ def _admonitions(lines: list[str]) -> list[str]:
     return out
 
 
-def _markdown(text: str, numbers: dict[str, int], bib: dict[str, tuple[str, str]]) -> str:
+def _markdown(
+    text: str, numbers: dict[str, int], bib: dict[str, tuple[str, str]], exercises: dict[str, str] | None = None
+) -> str:
     lines = []
-    for line in _admonitions(text.splitlines()):
+    for line in _admonitions(text.splitlines(), exercises or {}):
         if _TARGET.match(line):
             continue
         m = _EQ_LABEL.match(line)
@@ -129,9 +151,12 @@ def to_notebook(md: str | Path, bib: str | Path | None = None) -> nbformat.Noteb
     nb = jupytext.read(md, fmt="md:myst")
     labels = [m.group(2) for m in map(_EQ_LABEL.match, md.read_text().splitlines()) if m]
     numbers = {label: i for i, label in enumerate(labels, 1)}
+    exercises = {label: title.strip() for title, label in _EXERCISE_LABEL.findall(md.read_text())}
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            cell.source = _markdown(cell.source, numbers, refs)
+            cell.source = _markdown(cell.source, numbers, refs, exercises)
+    # a cell that held only a {solution-end} gate is empty now
+    nb.cells = [c for c in nb.cells if c.cell_type != "markdown" or c.source.strip()]
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(INSTALL.format(name=md.stem)))
     nb.metadata.pop("jupytext", None)  # a plain .ipynb, not paired with the .md
     nb.metadata.setdefault("language_info", {"name": "python"})
