@@ -9,9 +9,10 @@ same update with ``α/2`` and ``√α``; we use the NCSNv2 form, the same as
 :func:`scoretut.samplers.langevin_correct`.)
 
 Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) runs ``n_steps_each`` such steps at each
-of the noise levels ``σ_1 > σ_2 > … > σ_L``, with ``α_i = ε σ_i²/σ_L²``, then (NCSNv2, App. C.2;
-Jolicoeur-Martineau et al. 2021) one denoising step ``x ← x + σ_L² s_θ(x, σ_L)`` — Tweedie's
-estimate of the clean point.
+of the noise levels ``σ_1 > σ_2 > … > σ_L``, with ``α_i = ε σ_i²/σ_L²``, then (Jolicoeur-Martineau
+et al. 2021; not one of NCSNv2's five techniques) one denoising step ``x ← x + σ_L² s_θ(x, σ_L)``
+— Tweedie's estimate of the clean point. Because of the factor 2 above, NCSN's ``ε = 2·10⁻⁵`` is
+``eps = 1e-5`` here; the default ``eps = 2e-5`` takes twice NCSN's step.
 
 Both are generators with the shared sampler signature ``fn(sde, score_fn, x, ts, *, generator,
 **opts)``. For NCSN the natural SDE is :class:`scoretut.sde.EDMSDE` (``t = σ``, ``s = 1``), so
@@ -26,6 +27,9 @@ The NCSNv2 rules (Song & Ermon 2020, Sec. 4), for data of dimension ``D``:
   one level lies in the high-density shell of the next;
 * technique 4: ``ε`` chosen so that ``n_steps_each`` Langevin steps at level ``i`` started from level
   ``i−1`` end with the right variance (:func:`ncsnv2_variance_ratio`, :func:`ncsnv2_step_size`).
+
+Technique 3 (``s_θ(x, σ) = f_θ(x, σ)/σ``) is ``ToyScoreModel(..., param="score")`` and technique 5
+(sample with an EMA of the weights) is the EMA of :func:`scoretut.train.train`.
 """
 
 from __future__ import annotations

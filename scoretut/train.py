@@ -2,8 +2,8 @@
 
 :func:`train` minimises ``loss_fn(model, x0, generator)`` (any loss of :mod:`scoretut.losses`)
 with AdamW, a linear learning-rate warm-up and gradient-norm clipping, and keeps an exponential
-moving average of the weights (Polyak & Juditsky 1992; used for sampling by Song & Ermon 2020
-and Ho et al. 2020):
+moving average of the weights (the exponentially weighted form of Polyak & Juditsky's 1992
+iterate averaging, which is uniform; used for sampling by Song & Ermon 2020 and Ho et al. 2020):
 
 .. math::  \\bar\\theta_0 = \\theta_0, \\qquad \\bar\\theta_k = d\\,\\bar\\theta_{k-1} + (1-d)\\,\\theta_k
 

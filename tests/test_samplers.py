@@ -165,3 +165,31 @@ def test_rk45_lands_exactly_on_the_end_time():
         assert steps[-1].t == sde.eps
         sizes = [a.t - b.t for a, b in zip(steps, steps[1:])]
         assert min(sizes) > 1e-6, (tol, min(sizes))  # no sliver of a step at the end
+
+
+def test_corrector_alpha_is_one_minus_beta_of_the_ddpm_chain_and_one_for_ve():
+    """Song et al. (2021) Alg. 5: α_i = 1 − β_i on the DDPM chain; Alg. 4 (VE) has no α."""
+    from scoretut.samplers import corrector_alpha
+    from scoretut.schedules import DiscreteVP
+
+    chain = DiscreteVP.linear(T=1000)
+    for i in (1, 2, 500, 1000):
+        expected = 1 - float(chain.betas[i - 1])
+        assert corrector_alpha(chain, float(i), float(i - 1)) == pytest.approx(expected, rel=1e-9)
+    assert corrector_alpha(VESDE(), 0.7, 0.69) == 1.0
+    vp = VPSDE()  # continuous VP: α = exp(−∫β) over the step ≈ 1 − β(t) h
+    assert corrector_alpha(vp, 1.0, 0.999) == pytest.approx(math.exp(-float(vp.int_beta(1.0) - vp.int_beta(0.999))))
+
+
+def test_langevin_corrector_step_is_scaled_by_alpha():
+    """ε = 2α(snr‖z‖/‖g‖)²: α scales ε exactly as snr² does, on the same noise."""
+    from scoretut.samplers import langevin_correct
+
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.zeros(64, dtype=torch.float64)
+    score = lambda x, t: -x  # noqa: E731  (standard normal)
+    a = langevin_correct(score, x, t, 0.16, 2, torch.Generator().manual_seed(1), alpha=0.25)
+    b = langevin_correct(score, x, t, 0.08, 2, torch.Generator().manual_seed(1))
+    c = langevin_correct(score, x, t, 0.16, 2, torch.Generator().manual_seed(1))
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert not torch.allclose(a, c)

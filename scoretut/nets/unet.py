@@ -24,7 +24,7 @@ with ``S`` the identity or a 1×1 convolution when the width changes. The attent
 single-head dot-product attention over the ``H·W`` positions, ``x + W_o\\,\\mathrm{softmax}(QK^T/\\sqrt C)V``
 on group-normalised features. The last convolution of every residual branch, of every attention
 block and of the output layer starts at zero, so the untrained network outputs 0 and every
-block starts as the identity.
+block starts as its skip path ``S x`` (the identity unless the width changes).
 """
 
 from __future__ import annotations
