@@ -40,7 +40,7 @@ import ot
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data.toy2d import sample_dataset
 
 __all__ = [

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.datasets import make_swiss_roll
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data import (
     DATASETS,
     GaussianMixture2D,

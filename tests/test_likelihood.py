@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gaussian import COV, MEAN, exact_score, marginal_cov
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, ode_likelihood, probes
 from scoretut.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data import sample_dataset
 from scoretut.metrics import (
     chamfer_distance,
