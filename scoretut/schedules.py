@@ -1,4 +1,15 @@
-"""Discrete-time diffusion (DDPM): β schedules, ᾱ_t, the posterior q(x_{t−1} | x_t, x_0), log-SNR.
+"""Noise schedules, in one place: DDPM's β and ᾱ (with log-SNR and the posterior), the EDM and
+iDDPM noise-level grids, the NCSNv2 rules for choosing noise levels, and VDM's γ(t) schedules.
+
+* DDPM: :func:`linear_betas`, :func:`cosine_betas`, :func:`alpha_bars`, :func:`log_snr`,
+  :func:`gaussian_posterior`, :class:`DiscreteVP` (the chain as an SDE), :func:`ddpm_timesteps`.
+* EDM / iDDPM grids: :func:`edm_sigmas` (Karras et al. 2022, Eq. 5), :func:`iddpm_sigmas`.
+* NCSNv2 (Song & Ermon 2020): :func:`max_pairwise_distance`, :func:`ncsnv2_ratio`,
+  :func:`ncsnv2_sigmas`, :func:`ncsnv2_variance_ratio`, :func:`ncsnv2_step_size`.
+* VDM (Kingma et al. 2021): ``γ(t) = −λ(t)`` (:class:`LinearSchedule`, :class:`MonotoneSchedule`),
+  :func:`alpha_sigma`, :func:`snr` and :class:`GammaSDE`.
+
+**Discrete-time diffusion (DDPM).**
 
 The forward chain of Ho et al. (2020, Eq. 2 and 4), for integer steps ``t = 1, …, T``:
 
@@ -28,7 +39,7 @@ at integer times, and every sampler of :mod:`scoretut.sampling` runs on it uncha
 **Using an ε-prediction network.** Like every sampler in scoretut, the DDPM samplers
 (:mod:`scoretut.sampling`: ``ddpm``, ``ddim``) take a *score* function ``score_fn(x, t)`` with
 ``t`` the (float) step index, shape ``(batch,)``. Wrap a noise-prediction network
-``eps_model(x, t)`` with :func:`score_from_noise_model` (``∇log p_t = −ε̂/√(1−ᾱ_t)``); the samplers recover
+``eps_model(x, t)`` with :func:`scoretut.parametrisation.score_from_noise_model` (``∇log p_t = −ε̂/√(1−ᾱ_t)``); the samplers recover
 ``ε̂ = −√(1−ᾱ_t)·score`` from it, so ``eps_model`` is what they effectively use. A guided model
 (classifier-free guidance, ``ε̂ = (1+w) ε(x, t, y) − w ε(x, t, ∅)``) is just another ``eps_model``.
 Train it with :class:`scoretut.losses.DSMLoss` on ``DiscreteVP`` with ``t_grid=sde.train_grid()``
@@ -183,8 +194,8 @@ class DiscreteVP(SDE):
         return self.log_alpha_bar(t).exp()
 
     def log_snr(self, t: Tensor) -> Tensor:
-        """``λ(t) = log(ᾱ/(1 − ᾱ)) = −log(exp(−log ᾱ) − 1)``."""
-        return -torch.log(torch.expm1(-self.log_alpha_bar(t)))
+        """``λ(t) = log(ᾱ(t)/(1 − ᾱ(t)))`` (:func:`log_snr`)."""
+        return log_snr(self.alpha_bar(t))
 
     def beta(self, t: Tensor) -> Tensor:
         """Continuous rate ``β(t) = −d log ᾱ/dt = −log(1 − β_k)`` on ``(k−1, k]``."""

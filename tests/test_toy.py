@@ -59,14 +59,14 @@ def test_sampling_the_untrained_model_returns_the_gaussian_it_encodes():
     assert coarse < 0.1 and fine < 0.04 and fine < coarse / 2, (coarse, fine)
 
 
-@pytest.mark.parametrize("sampler", list(nfe_per_step))
+@pytest.mark.parametrize("sampler", ["em", "pc", "ode_euler", "ode_heun", "ode_rk45"])
 def test_generate_is_seeded_and_counts_network_evaluations(sampler):
     model = build(DEFAULT_RECIPE)
     a, nfe = generate(model, 50, sampler=sampler, steps=6, seed=3)
     b, _ = generate(model, 50, sampler=sampler, steps=6, seed=3)
     assert torch.equal(a, b) and a.shape == (50, 2) and torch.isfinite(a).all()
-    if nfe_per_step[sampler] is not None:
-        assert nfe <= nfe_per_step[sampler] * 6 and nfe >= 6
+    if nfe_per_step(sampler) is not None:
+        assert nfe <= nfe_per_step(sampler) * 6 and nfe >= 6
     states, nfe_traj = generate(model, 50, sampler=sampler, steps=6, seed=3, trajectory=True)
     assert torch.equal(states[-1][1], a) and nfe_traj == nfe
     assert states[0][0] > states[-1][0]  # time runs backwards

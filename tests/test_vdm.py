@@ -276,7 +276,7 @@ def test_eps_x0_v_score_conversions_agree():
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
 def test_optimal_predictors_give_the_exact_gaussian_score(kind):
     """The Gaussian-optimal ε̂ rewritten as an x₀- or v-predictor gives the same (exact) score,
-    through VDM and through precond.score_from_prediction."""
+    through VDM and through parametrisation.score_from_prediction."""
     oracle = vdm.GaussianEps(MEAN, VAR)
 
     class Oracle(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Langevin dynamics, annealed Langevin dynamics (NCSN) and the NCSNv2 rules for choosing σ's.
+"""Langevin dynamics and annealed Langevin dynamics (NCSN).
 
 Unadjusted Langevin dynamics with step size ``α`` (Song & Ermon 2020, NCSNv2, Alg. 1):
 
@@ -18,7 +18,8 @@ Both are generators with the shared sampler signature ``fn(sde, score_fn, x, ts,
 ``ts`` *is* the list of noise levels and ``score_fn(x, σ)`` is the noise-conditional score; train
 it with ``DSMLoss(EDMSDE(σ_L, σ_1), t_grid=sigmas)`` (weight ``λ = σ²``, Song & Ermon 2019, Eq. 6).
 
-The NCSNv2 rules (Song & Ermon 2020, Sec. 4), for data of dimension ``D``:
+The NCSNv2 rules (Song & Ermon 2020, Sec. 4) that choose the levels and the step size live in
+:mod:`scoretut.schedules`; for data of dimension ``D``:
 
 * technique 1: ``σ_1`` = the largest Euclidean distance between two training points (:func:`max_pairwise_distance`);
 * technique 2: a geometric sequence whose ratio ``γ = σ_{i−1}/σ_i`` satisfies

@@ -136,6 +136,9 @@ def edm_sampler(
     3. Heun (``solver="heun"`` and ``σ_{i+1} > 0``):
        ``x̂ ← x̂ + (σ_{i+1} − σ̂) · ½ (d + (x̂' − D(x̂'; σ_{i+1}))/σ_{i+1})``, else ``x̂ ← x̂'``.
 
+    Steps 2–3 are one step of :func:`~scoretut.sampling.core.heun_steps` (or ``euler_steps``)
+    from ``σ̂`` to ``σ_{i+1}`` on ``dx̂/dσ = (x̂ − D(x̂; σ))/σ``.
+
     Yields ``x = s(t_{i+1}) x̂``. Without churn on :class:`~scoretut.sde.EDMSDE` it is exactly
     :func:`ode_heun` / :func:`ode_euler`. NFE: Euler ``N``; Heun ``2N``, or ``2N − 1`` when the
     grid ends at ``σ = 0`` (the EDM grid of :func:`timesteps`). The churned level is mapped back
@@ -161,11 +164,13 @@ def edm_sampler(
             t_hat = float(sde.t_from_sigma(torch.tensor(sigma_hat, dtype=torch.float64)))
             z = torch.randn(x_hat.shape, generator=generator, dtype=x_hat.dtype, device=x_hat.device)
             x_hat = x_hat + S_noise * math.sqrt(sigma_hat**2 - sigma**2) * z
-        d = (x_hat - denoiser_from_score(sde, score_fn, x_hat, t_hat)) / sigma_hat
-        x_next = x_hat + (sigma_next - sigma_hat) * d
-        if solver == "heun" and sigma_next > 0:
-            d_next = (x_next - denoiser_from_score(sde, score_fn, x_next, t_next)) / sigma_next
-            x_next = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
-        x_hat = x_next
+        time_of = {sigma_hat: t_hat, sigma_next: t_next}
+        d = lambda y, s: (y - denoiser_from_score(sde, score_fn, y, time_of[s])) / s  # noqa: E731
+        grid = torch.tensor([sigma_hat, sigma_next], dtype=torch.float64)
+        if solver == "heun":
+            *_, last = heun_steps(d, x_hat, grid, euler_last=sigma_next <= 0)
+        else:
+            *_, last = euler_steps(d, x_hat, grid)
+        x_hat = last.x
         yield Step(i + 1, t_next, float(scales[i + 1]) * x_hat)
 
