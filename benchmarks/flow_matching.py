@@ -20,7 +20,7 @@ import torch
 
 from scoretut import couplings, flow
 from scoretut.pipelines import toy2d
-from scoretut.data import sample_dataset
+from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import evaluate_samples
 
 BUDGETS = (1, 2, 4, 8, 16)

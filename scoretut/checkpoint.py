@@ -50,9 +50,7 @@ def check_plain(obj: Any, where: str = "state") -> None:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temporary file next to ``path``, which is
     made durable (fsync) and renamed over ``path``; if anything fails, ``path`` is left as it was.
-
-    Parent directories are created. Raises :class:`UsageError` if the directory cannot be written.
-    """
+    Parent directories are created; :class:`UsageError` if the directory cannot be written."""
     path = Path(path)
     directory = path.parent
     tmp: str | None = None
@@ -79,11 +77,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` to ``path`` (:func:`atomic_write`); return the path.
-
-    Raises ``TypeError`` if ``state`` holds anything but tensors and plain data, and
-    :class:`UsageError` if the directory cannot be written.
-    """
+    """Atomically write ``state`` to ``path`` (:func:`atomic_write`); ``TypeError`` if ``state``
+    holds anything but tensors and plain data."""
     check_plain(state)
     return atomic_write(path, lambda p: torch.save(state, p))
 

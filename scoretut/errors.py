@@ -1,8 +1,5 @@
-"""The one error type of the library: bad input from a user.
-
-Library code names the *argument* in the message (``lr``, ``steps``); the command line
-(:mod:`scoretut.cli`) maps argument names to its command-line flags before printing the one line.
-"""
+"""The one error type of the library. Library code names the *argument* in backticks (`` `lr` ``);
+the command line (:mod:`scoretut.cli`) prints the message with its flag (``--lr``) instead."""
 
 
 class UsageError(ValueError):

@@ -233,7 +233,8 @@ class SSMLoss(ISMLoss):
     ``E_v[SSM] = ISM``, hence the same gradients in expectation.
 
     Args:
-        sde, weighting, t_min, T, time_sampling, fixed_t: as for :class:`ISMLoss`.
+        sde, and as keywords weighting, t_min, T, time_sampling, fixed_t, t_grid: as for
+            :class:`ISMLoss`.
         n_projections: projections per data point.
         projection: ``"rademacher"`` or ``"gaussian"``.
         variance_reduced: use SSM-VR.
@@ -245,14 +246,9 @@ class SSMLoss(ISMLoss):
         n_projections: int = 1,
         projection: Literal["rademacher", "gaussian"] = "rademacher",
         variance_reduced: bool = False,
-        weighting: Weighting = "std2",
-        t_min: float | None = None,
-        T: float | None = None,
-        time_sampling: str = "uniform",
-        fixed_t: float = 0.0,
-        t_grid: Tensor | list[float] | None = None,
+        **times,
     ):
-        super().__init__(sde, weighting, t_min, T, time_sampling, fixed_t, t_grid)
+        super().__init__(sde, **times)
         if projection not in ("rademacher", "gaussian"):
             raise ValueError(f"projection must be 'rademacher' or 'gaussian', got {projection!r}")
         if n_projections < 1:

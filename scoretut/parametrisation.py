@@ -66,8 +66,6 @@ def ve_coefficients(sigma: Tensor):
     return torch.ones_like(sigma), sigma, torch.ones_like(sigma), torch.log(sigma / 2)
 
 
-
-
 def iddpm_coefficients(sigma: Tensor, u: Tensor):
     """iDDPM row of Karras et al. (2022), Table 1: ``(1, −σ, 1/√(σ²+1), M−1−argmin_j |u_j − σ|)``.
 

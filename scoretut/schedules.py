@@ -1,13 +1,6 @@
-"""Noise schedules, in one place: DDPM's β and ᾱ (with log-SNR and the posterior), the EDM and
-iDDPM noise-level grids, the NCSNv2 rules for choosing noise levels, and VDM's γ(t) schedules.
-
-* DDPM: :func:`linear_betas`, :func:`cosine_betas`, :func:`alpha_bars`, :func:`log_snr`,
-  :func:`gaussian_posterior`, :class:`DiscreteVP` (the chain as an SDE), :func:`ddpm_timesteps`.
-* EDM / iDDPM grids: :func:`edm_sigmas` (Karras et al. 2022, Eq. 5), :func:`iddpm_sigmas`.
-* NCSNv2 (Song & Ermon 2020): :func:`max_pairwise_distance`, :func:`ncsnv2_ratio`,
-  :func:`ncsnv2_sigmas`, :func:`ncsnv2_variance_ratio`, :func:`ncsnv2_step_size`.
-* VDM (Kingma et al. 2021): ``γ(t) = −λ(t)`` (:class:`LinearSchedule`, :class:`MonotoneSchedule`),
-  :func:`alpha_sigma`, :func:`snr` and :class:`GammaSDE`.
+"""Noise schedules in one place: DDPM's β, ᾱ, log-SNR and posterior (below), the EDM and iDDPM
+noise-level grids (:func:`edm_sigmas`, :func:`iddpm_sigmas`), the NCSNv2 rules for choosing noise
+levels (Song & Ermon 2020), and VDM's ``γ(t) = −λ(t)`` schedules with :class:`GammaSDE`.
 
 **Discrete-time diffusion (DDPM).**
 

@@ -40,7 +40,6 @@ with VDM's variance-minimising gradient for the schedule's shape), the Gaussian 
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +47,7 @@ from torch import Tensor, nn
 from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.parametrisation import PREDICTIONS, noise_from_prediction, score_from_noise
-from scoretut.sampling import Step, get_sampler, timesteps
+from scoretut.sampling import Step, get_sampler, sample, timesteps
 from scoretut.schedules import GammaSDE, NoiseSchedule, alpha_sigma
 from scoretut.sde import as_time, bcast, ftensor
 
@@ -56,7 +55,6 @@ from scoretut.sde import as_time, bcast, ftensor
 TIME_SCHEMES = ("uniform", "stratified", "antithetic")
 
 LOG2 = math.log(2.0)
-
 
 
 def vdm_times(
@@ -78,7 +76,6 @@ def vdm_times(
         return torch.cat([u, 1.0 - u])
     return sample_times(n, 0.0, 1.0, stratified=scheme == "stratified", generator=generator,
                         device=device, dtype=dtype)  # fmt: skip
-
 
 
 class VDM(nn.Module):
@@ -120,9 +117,7 @@ class VDM(nn.Module):
         return score_from_noise(self.noise_from_gamma(z, gamma), torch.sigmoid(gamma).sqrt())
 
 
-# --------------------------------------------------------------------------- the loss
-
-
+# -- the loss ---------------------------------------------------------------------------------------
 def prior_kl(x: Tensor, gamma_1: Tensor) -> Tensor:
     """``KL(N(α₁x, σ₁²I) ‖ N(0, I)) = ½ Σ (α₁² x² + σ₁² − log σ₁² − 1)`` per example, ``(batch,)``."""
     var1 = torch.sigmoid(gamma_1)
@@ -265,9 +260,7 @@ def diffusion_integrand(model: VDM, x: Tensor, ts: Tensor, seed: int = 0) -> Ten
     return terms["diffusion"].reshape(K, n).mean(1) / (x[0].numel() * LOG2)
 
 
-# --------------------------------------------------------------------------- DSM weighting
-
-
+# -- DSM weighting ----------------------------------------------------------------------------------
 def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
     """``λ(t)`` for which :class:`scoretut.losses.DSMLoss` (``λ/σ_t² ‖σ_t s + ε‖²`` with
     ``s = −ε̂/σ_t``) equals each per-time objective in ``ε``-error form:
@@ -290,9 +283,7 @@ def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
     raise UsageError(f"unknown weighting {kind!r}; choose one of: elbo, eps, v, x0")
 
 
-# --------------------------------------------------------------------------- sampling
-
-
+# -- sampling ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed: int = 0,
              trajectory: bool = False, dim: int = 2) -> Tensor | list[Step]:  # fmt: skip
@@ -305,17 +296,13 @@ def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed:
     gen = torch.Generator(device).manual_seed(seed)
     sde = model.sde
     x = sde.prior_sampling((n, dim), generator=gen, device=device)
-    steps_iter: Iterator[Step] = get_sampler(sampler)(sde, model, x, timesteps(sde, steps), generator=gen)
+    ts = timesteps(sde, steps)
     if trajectory:
-        return [Step(s.i, s.t, s.x.cpu()) for s in steps_iter]
-    for s in steps_iter:
-        x = s.x
-    return x
+        return [Step(s.i, s.t, s.x.cpu()) for s in get_sampler(sampler)(sde, model, x, ts, generator=gen)]
+    return sample(sampler, sde, model, x, ts, generator=gen)
 
 
-# --------------------------------------------------------------------------- Gaussian data
-
-
+# -- Gaussian data ----------------------------------------------------------------------------------
 class GaussianEps(nn.Module):
     """The optimal ``ε̂(z; γ) = σ (z − α m)/(α² s² + σ²)`` for data ``N(m, s² I)``, as a network
     ``F(z, γ)`` for :class:`VDM` (with ``prediction="eps"``)."""

@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import make_swiss_roll
 
 from scoretut.errors import UsageError
-from scoretut.data import (
+from scoretut.data.toy2d import (
     DATASETS,
     GaussianMixture2D,
     eight_gaussians_mixture,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scoretut.errors import UsageError
-from scoretut.data import sample_dataset
+from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import (
     chamfer_distance,
     chamfer_terms,

@@ -7,7 +7,7 @@ import torch
 
 from gaussian import COV, MEAN, w2_to_data
 from scoretut.errors import UsageError
-from scoretut.data import GaussianMixture2D, gmm_example
+from scoretut.data.toy2d import GaussianMixture2D, gmm_example
 from scoretut.losses import DSMLoss
 from scoretut.sampling import annealed_langevin, langevin
 from scoretut.schedules import (max_pairwise_distance, ncsnv2_ratio, ncsnv2_sigmas, ncsnv2_step_size,

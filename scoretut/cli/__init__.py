@@ -1,15 +1,9 @@
 """The ``scoretut`` command line (also ``python -m scoretut``).
 
-::
-
-    scoretut toy train  --data swiss_roll --steps 2000 --seed 0 --out runs/roll
-    scoretut toy sample --ckpt runs/roll/ckpt.pt --n 10000 --seed 0 --out samples.npy [--sampler NAME --nfe N]
-    scoretut toy eval   --samples samples.npy --data swiss_roll
-    scoretut ddpm proxy|train|sample|fid ...   (images; see scoretut.cli.ddpm)
-
-Bad input never ends in a traceback: it prints one line naming the fix and exits with code 2.
-Layout: :mod:`~scoretut.cli.common` (parser, argument types, library argument → flag),
-:mod:`~scoretut.cli.toy` and :mod:`~scoretut.cli.ddpm` (one module per command group).
+``scoretut toy train|sample|eval …`` (:mod:`~scoretut.cli.toy`) and ``scoretut ddpm
+proxy|train|sample|fid …`` (:mod:`~scoretut.cli.ddpm`).
+Bad input never ends in a traceback: it prints one line naming the fix and exits with code 2;
+:mod:`~scoretut.cli.common` maps the argument a library error names to its flag.
 """
 
 from __future__ import annotations

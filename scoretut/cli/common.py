@@ -12,8 +12,7 @@ from pathlib import Path
 
 from scoretut.errors import UsageError
 
-ARG_FLAGS = {"out_dir": "--out", "batch_size": "--batch"}
-"""Library argument names whose flag is not ``--`` + the name with ``-`` for ``_``."""
+ARG_FLAGS = {"out_dir": "--out", "batch_size": "--batch"}  # the rest: "--" + name with "-" for "_"
 
 
 def with_flags(message: str) -> str:

@@ -83,7 +83,7 @@ def _recipe_from_args(args) -> dict:
 
 def cmd_train(args) -> int:
     from scoretut.runtime import device_from_arg
-    from scoretut.data import DATASETS
+    from scoretut.data.toy2d import DATASETS
     from scoretut.pipelines.toy2d import fit, make_loss, make_sde, training_config
     from scoretut.train import check_run_dir
 
@@ -136,7 +136,7 @@ def cmd_eval(args) -> int:
     import numpy as np
     import torch
 
-    from scoretut.data import DATASETS
+    from scoretut.data.toy2d import DATASETS
     from scoretut.metrics import evaluate_samples
 
     if not args.samples.is_file():

@@ -52,25 +52,6 @@ from scoretut.sampling import ddim, ddpm
 from scoretut.schedules import BETA_SCHEDULES, DiscreteVP, ddpm_timesteps
 from scoretut.train import TrainConfig, TrainResult, train
 
-__all__ = [
-    "COURSE_NET",
-    "NETS",
-    "TRAINING",
-    "NoiseLoss",
-    "TrainingFiles",
-    "build",
-    "fit",
-    "generate",
-    "grid_image",
-    "grid_png",
-    "guided_noise",
-    "load",
-    "load_run",
-    "make_recipe",
-    "make_sde",
-    "save_grid",
-]
-
 COURSE_NET: dict[str, Any] = dict(ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_levels=[1], dropout=0.1,
                                   groups=32)  # fmt: skip
 """The course's 64×64 AFHQ U-Net: 128 base channels, multipliers 1-2-2-2, attention at 32×32."""

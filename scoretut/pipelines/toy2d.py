@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from scoretut.checkpoint import load_checkpoint
-from scoretut.data import sample_dataset
+from scoretut.data.toy2d import sample_dataset
 from scoretut.errors import UsageError
 from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
 from scoretut.nets.mlp import ScoreMLP

@@ -11,11 +11,8 @@ with ``x`` the starting state at time ``ts[0]`` (usually ``sde.prior_sampling(sh
 record a trajectory (or build widget frames) with a plain ``for`` loop, and :func:`sample` just
 keeps the last state.
 
-Layout: :mod:`~scoretut.sampling.core` (``Step``, grids, NFE counting, the reverse-SDE step, the
-probability-flow velocity, Euler and Heun steppers), :mod:`~scoretut.sampling.sde_solvers`
-(Euler–Maruyama, predictor–corrector), :mod:`~scoretut.sampling.ode_solvers` (PF-ODE Euler,
-Heun, RK45, the EDM sampler), :mod:`~scoretut.sampling.ancestral` (DDPM, DDIM) and
-:mod:`~scoretut.sampling.langevin` (Langevin, annealed Langevin). :data:`SAMPLERS` names them all.
+The shared pieces live in :mod:`~scoretut.sampling.core`, one module per family beside it
+(``sde_solvers``, ``ode_solvers``, ``ancestral``, ``langevin``); :data:`SAMPLERS` names them all.
 """
 
 from __future__ import annotations
@@ -64,11 +61,8 @@ def sample(sampler: Sampler | str, sde: SDE, score_fn: ScoreFn, x: Tensor, ts: T
 
 
 def nfe_per_step(sampler: str, options: dict | None = None) -> int | None:
-    """Score evaluations per step of a fixed-step sampler (``None`` for the adaptive ``ode_rk45``).
-
-    Heun (``ode_heun``, ``edm`` with its default solver) costs 2; predictor–corrector
-    ``1 + n_corrector``; Euler-type steps (``em``, ``ode_euler``, ``ddpm``, ``ddim``, EDM Euler) 1.
-    """
+    """Score evaluations per step (``None`` for the adaptive ``ode_rk45``): 2 for Heun (``ode_heun``,
+    ``edm``), ``1 + n_corrector`` for ``pc``, 1 for Euler-type steps (``em``, ``ode_euler``, ``ddpm``, ``ddim``)."""
     options = options or {}
     if sampler == "ode_rk45":
         return None
@@ -93,10 +87,3 @@ def steps_for_nfe(sampler: str, nfe: int, options: dict | None = None, *, saves_
     saves = int(saves_last and per == 2 and sampler in ("ode_heun", "edm"))
     return max(0, (nfe + saves) // per)
 
-
-__all__ = [
-    "SAMPLERS", "CountingScore", "Sampler", "Step", "Velocity", "annealed_langevin", "ddim", "ddpm", "edm_sampler",
-    "euler_maruyama", "euler_steps", "get_sampler", "heun_steps", "langevin", "langevin_correct", "nfe_per_step",
-    "ode_euler", "ode_heun", "ode_rk45", "pf_velocity", "predictor_corrector", "reverse_em_step", "sample",
-    "steps_for_nfe", "timesteps",
-]

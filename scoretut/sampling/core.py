@@ -1,9 +1,7 @@
-"""The shared sampling interface: :class:`Step`, time grids, NFE counting, and the two views of
-the reverse process every solver uses — one Euler–Maruyama step of the reverse SDE
-(:func:`reverse_em_step`) and the probability-flow ODE velocity (:func:`pf_velocity`) — plus the
-two velocity-level steppers :func:`euler_steps` and :func:`heun_steps` (``velocity(x, t)`` along
-any grid, either direction). Every ODE solver of the package, flow matching and the Schrödinger
-bridge step with these, so the package has one Heun.
+"""The shared sampling interface: :class:`Step`, time grids, NFE counting, one reverse-SDE
+Euler–Maruyama step (:func:`reverse_em_step`), the probability-flow velocity (:func:`pf_velocity`)
+and the steppers :func:`euler_steps` and :func:`heun_steps` (``velocity(x, t)`` along any grid),
+which every ODE solver, flow matching and the Schrödinger bridge use: the package has one Heun.
 
 Build time grids with :func:`timesteps`: ``uniform`` in ``t`` (Song et al. 2021) or the
 ``karras`` grid in ``σ`` with ``ρ = 7`` (Karras et al. 2022, Eq. 5).
@@ -60,7 +58,6 @@ def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: 
     raise UsageError(f"unknown time grid {kind!r}; use 'uniform' or 'karras'")
 
 
-
 def reverse_em_step(rev, x: Tensor, t: float, h: float, add_noise: bool, generator) -> Tensor:
     """One Euler–Maruyama step of the reverse SDE ``rev`` from ``t`` to ``t + h`` (``h < 0``)."""
     drift, g = rev.sde(x, t)
@@ -71,7 +68,6 @@ def reverse_em_step(rev, x: Tensor, t: float, h: float, add_noise: bool, generat
     return x
 
 
-
 def pf_velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, float], Tensor]:
     """``dx/dt = f(x, t) − ½ g(t)² ∇log p_t(x)`` (probability-flow ODE, Song et al. 2021 Eq. 13)."""
     rev = sde.reverse(score_fn, probability_flow=True)
@@ -80,7 +76,6 @@ def pf_velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, float], Tensor
 
 Velocity = Callable[[Tensor, float], Tensor]
 """``velocity(x, t) -> dx/dt`` at one time ``t`` (a float) for the whole batch ``x``."""
-
 
 
 def euler_steps(velocity: Velocity, x: Tensor, ts: Tensor) -> Iterator[Step]:
@@ -109,7 +104,6 @@ def heun_steps(velocity: Velocity, x: Tensor, ts: Tensor, *, euler_last: bool = 
         yield Step(i + 1, t_next, x)
 
 
-
 class CountingScore:
     """Wrap a score function and count network evaluations (NFE), one per batched call."""
 
@@ -119,5 +113,3 @@ class CountingScore:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         return self.score_fn(x, t)
-
-

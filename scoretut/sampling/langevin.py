@@ -18,15 +18,9 @@ Both are generators with the shared sampler signature ``fn(sde, score_fn, x, ts,
 ``ts`` *is* the list of noise levels and ``score_fn(x, σ)`` is the noise-conditional score; train
 it with ``DSMLoss(EDMSDE(σ_L, σ_1), t_grid=sigmas)`` (weight ``λ = σ²``, Song & Ermon 2019, Eq. 6).
 
-The NCSNv2 rules (Song & Ermon 2020, Sec. 4) that choose the levels and the step size live in
-:mod:`scoretut.schedules`; for data of dimension ``D``:
-
-* technique 1: ``σ_1`` = the largest Euclidean distance between two training points (:func:`max_pairwise_distance`);
-* technique 2: a geometric sequence whose ratio ``γ = σ_{i−1}/σ_i`` satisfies
-  ``Φ(√(2D)(γ−1) + 3γ) − Φ(√(2D)(γ−1) − 3γ) ≈ 0.5`` (:func:`ncsnv2_ratio`), so that a sample of
-  one level lies in the high-density shell of the next;
-* technique 4: ``ε`` chosen so that ``n_steps_each`` Langevin steps at level ``i`` started from level
-  ``i−1`` end with the right variance (:func:`ncsnv2_variance_ratio`, :func:`ncsnv2_step_size`).
+The NCSNv2 rules that choose the levels and the step size (Song & Ermon 2020, Sec. 4, techniques
+1, 2 and 4) are in :mod:`scoretut.schedules` (:func:`~scoretut.schedules.ncsnv2_sigmas`,
+:func:`~scoretut.schedules.ncsnv2_step_size`).
 """
 
 from __future__ import annotations

@@ -106,7 +106,6 @@ def ode_rk45(
         yield Step(i + 1, finish, x + (finish - t) * v(x, t))
 
 
-
 EDM_SOLVERS = ("heun", "euler")
 
 
@@ -173,4 +172,3 @@ def edm_sampler(
             *_, last = euler_steps(d, x_hat, grid)
         x_hat = last.x
         yield Step(i + 1, t_next, float(scales[i + 1]) * x_hat)
-
