@@ -1,5 +1,5 @@
 """The one error type of the library. Library code names the *argument* in backticks (`` `lr` ``);
-the command line (:mod:`scoretut.cli`) prints the message with its flag (``--lr``) instead."""
+the command line (:mod:`scoretut.cli`) prints the message with its own flag for it."""
 
 
 class UsageError(ValueError):
