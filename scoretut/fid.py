@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scoretut.checkpoint import load_checkpoint, save_checkpoint
-from scoretut.errors import UsageError
-from scoretut.runtime import resolve_device
 from scoretut.data.images import IMAGE_SUFFIXES, ImageBatches, ImageFolder, load_image, to_unit
+from scoretut.errors import UsageError
 from scoretut.metrics import feature_stats, frechet_distance
+from scoretut.runtime import resolve_device
 from scoretut.train import TrainConfig, train
 
 __all__ = [

@@ -42,11 +42,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from scoretut.errors import UsageError
-from scoretut.runtime import default_device
 from scoretut.couplings import split_pairs
+from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.nets import ScoreMLP
+from scoretut.runtime import default_device
 from scoretut.sampling import Step, euler_steps, heun_steps
 from scoretut.sde import SDE, ScoreFn, as_time, bcast, ftensor
 

@@ -31,8 +31,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from scoretut.errors import UsageError
 from scoretut.data.toy2d import GaussianMixture2D
+from scoretut.errors import UsageError
 from scoretut.sampling import Step, langevin_correct, reverse_em_step
 from scoretut.sde import SDE, ScoreFn, as_time, bcast
 

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
-from scoretut.runtime import resolve_device
 from scoretut.metrics import evaluate_samples
+from scoretut.runtime import resolve_device
 from scoretut.sampling import CountingScore, get_sampler, sample, steps_for_nfe, timesteps
 from scoretut.sde import SDE, ScoreFn
 

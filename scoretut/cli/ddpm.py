@@ -146,9 +146,9 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from PIL import Image
 
-    from scoretut.runtime import device_from_arg
     from scoretut.data.images import to_bytes
     from scoretut.pipelines.images import generate, label_tensor, load, save_grid
+    from scoretut.runtime import device_from_arg
 
     device = device_from_arg(args.device, setting="--device")
     model, recipe = load(args.ckpt, ema=not args.no_ema)
@@ -212,9 +212,9 @@ def _classifier(args, device):
 
 
 def cmd_fid(args) -> int:
-    from scoretut.runtime import device_from_arg
     from scoretut.fid import (FD_CLASSIFIER, FID_INCEPTION, InceptionFeatures, extract_features, fd_of_features,
                               image_files, read_images)  # fmt: skip
+    from scoretut.runtime import device_from_arg
 
     device = device_from_arg(args.device, setting="--device")
     for flag, path in (("--real", args.real), ("--fake", args.fake)):

@@ -82,9 +82,9 @@ def _recipe_from_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from scoretut.runtime import device_from_arg
     from scoretut.data.toy2d import DATASETS
     from scoretut.pipelines.toy2d import fit, make_loss, make_sde, training_config
+    from scoretut.runtime import device_from_arg
     from scoretut.train import check_run_dir
 
     if args.data not in DATASETS:

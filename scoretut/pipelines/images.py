@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from scoretut import distributed
 from scoretut.checkpoint import atomic_write, load_checkpoint
 from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
-from scoretut.losses import DSMLoss
 from scoretut.errors import UsageError
+from scoretut.losses import DSMLoss
 from scoretut.nets.unet import UNet
 from scoretut.parametrisation import score_from_noise_model
 from scoretut.runtime import resolve_device
