@@ -31,20 +31,19 @@ def cell_texts(nb_path: Path) -> list[str]:
     for cell in cells:
         if cell["cell_type"] != "code":
             continue
-        parts = []
+        parts, streaming = [], False
         for o in cell.get("outputs", []):
-            if o["output_type"] == "stream":
-                parts.append("".join(o["text"]))
-            elif o["output_type"] in ("execute_result", "display_data"):
-                data = o.get("data", {})
-                for mime in ("text/plain", "text/markdown", "text/html"):
-                    if mime in data:
-                        text = "".join(data[mime])
-                        if mime == "text/plain" and "widget" in text.lower():
-                            continue  # the widget's repr names an object id
-                        parts.append(f"[{mime}] {text}")
-            elif o["output_type"] == "error":
+            kind, data = o["output_type"], o.get("data", {})
+            if kind == "stream":  # consecutive chunks are one text, as the build merges them
+                text = "".join(o["text"])
+                parts = parts[:-1] + [parts[-1] + text] if streaming else parts + [text]
+            elif kind == "error":
                 parts.append(f"[error] {o.get('ename')}: {o.get('evalue')}")
+            for mime in ("text/plain", "text/markdown", "text/html"):
+                text = "".join(data.get(mime, ""))
+                if text and not (mime == "text/plain" and "widget" in text.lower()):  # a widget's repr has an id
+                    parts.append(f"[{mime}] {text}")
+            streaming = kind == "stream"
         lines = "\n".join(parts).splitlines()
         out.append("\n".join(ELAPSED.sub("<time>", re.sub(r"0x[0-9a-f]+", "0x…", line))
                              for line in lines if not PROGRESS.search(line)))
