@@ -47,7 +47,7 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> World:
     """Join the process group described by ``torchrun``'s environment (if any) and pick a device.
 
     With ``WORLD_SIZE > 1``: CUDA (``device`` ``auto`` or ``cuda``) gives process ``LOCAL_RANK``
-    the GPU ``cuda:LOCAL_RANK`` and the NCCL backend; ``device="cpu"`` uses gloo. Otherwise the
+    the GPU ``cuda:LOCAL_RANK`` and the NCCL backend; a CPU ``device`` uses gloo. Otherwise the
     device is :func:`scoretut.runtime.device_from_arg` of ``device`` and no group is created.
     """
     size = _env_int("WORLD_SIZE", 1)
