@@ -80,7 +80,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` to ``path`` (:func:`atomic_write`); ``TypeError`` if ``state``
     holds anything but tensors and plain data."""
     check_plain(state)
-    return atomic_write(path, lambda p: torch.save(state, p))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    return atomic_write(path, write)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -252,7 +252,7 @@ def test_bad_inputs_raise_usage_errors():
     with pytest.raises(UsageError):
         flow.time_grid(0)
     with pytest.raises(UsageError):
-        flow.PathSDE(t_min=0.0)
+        flow.PathSDE(t_start=0.0)
     with pytest.raises(UsageError):
         flow.noise(0, 0)
     assert flow.generate(model, 10, 1, "heun") is None

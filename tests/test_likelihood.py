@@ -98,7 +98,7 @@ def test_bits_per_dim_and_the_dequantisation_offset():
 
 def test_bad_options():
     sde, x = VPSDE(), torch.zeros(2, 2)
-    for kw, msg in [({"divergence": "trace"}, "exact"), ({"n_probes": 0}, "positive"), ({"eps": 2.0}, "eps")]:
+    for kw, msg in [({"divergence": "trace"}, "exact"), ({"n_probes": 0}, "positive"), ({"t_min": 2.0}, "t_min")]:
         with pytest.raises(UsageError, match=msg):
             ode_likelihood(sde, exact_score(sde), x, **kw)
     with pytest.raises(UsageError, match="rademacher"):
