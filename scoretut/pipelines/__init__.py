@@ -1,4 +1,2 @@
-"""End-to-end pipelines: a recipe (plain dict, stored in every checkpoint) → model → training →
-samples. :mod:`~scoretut.pipelines.toy2d` (2-D data) and :mod:`~scoretut.pipelines.images` (image
-DDPM) both offer ``build(recipe)``, ``fit``, ``load(ckpt) -> (model, recipe)`` and ``generate``.
-"""
+"""End-to-end pipelines, recipe → model → training → samples: :mod:`~scoretut.pipelines.toy2d` and
+:mod:`~scoretut.pipelines.images`, each with ``build(recipe)``, ``fit``, ``load`` and ``generate``."""
