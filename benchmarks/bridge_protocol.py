@@ -24,7 +24,7 @@ import time
 import torch
 
 from scoretut import bridge
-from scoretut.data import sample_dataset
+from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import chamfer_terms, evaluate_samples
 from scoretut.train import TrainConfig, train
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from scoretut.data import sample_dataset
+from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import chamfer_distance, emd
 
 

@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from scoretut import couplings, flow, toy
-from scoretut.data import sample_dataset
+from scoretut import couplings, flow
+from scoretut.pipelines import toy2d
+from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import evaluate_samples
 
 BUDGETS = (1, 2, 4, 8, 16)
@@ -46,7 +47,7 @@ def main() -> None:
     for k in (1, 2):
         rp = flow.reflow_pairs(base, args.pairs, seed=seed + 10 * k, steps=args.ode_steps)
         base = models[f"{k}-reflow"] = flow.fit(rp, args.reflow_steps, seed=seed + k, init=base).ema
-    edm = toy.fit(steps=args.steps, seed=seed).ema
+    edm = toy2d.fit(steps=args.steps, seed=seed).ema
     x_s = flow.noise(2_000, seed + 3)
     for name, model in models.items():
         print(f"straightness {name:>12}: {flow.straightness(model, x_s, steps=50):.4f}")
@@ -57,7 +58,7 @@ def main() -> None:
         cells = []
         for nfe in BUDGETS:
             if name == "EDM recipe":
-                x = toy.generate(edm, 10_000, steps=(nfe + 1) // 2, seed=seed, device=edm_device(edm))[0]
+                x = toy2d.generate(edm, 10_000, steps=(nfe + 1) // 2, seed=seed, device=edm_device(edm))[0]
             else:
                 x = flow.generate(models[name], 10_000, nfe, solver, seed=seed)
             if x is None:

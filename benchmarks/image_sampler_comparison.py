@@ -1,7 +1,7 @@
 """Fréchet distance against NFE for every sampler on one image DDPM, next to 1,000-step ancestral sampling.
 
-Trains the class-conditional DDPM of ``scoretut.image_ddpm`` on the offline proxy data set (or
-loads ``--ckpt``), then runs :func:`scoretut.compare.compare` on it: DDIM (η = 0 with and without
+Trains the class-conditional DDPM of ``scoretut.pipelines.images`` on the offline proxy data set (or
+loads ``--ckpt``), then runs :func:`scoretut.sampler_comparison.compare` on it: DDIM (η = 0 with and without
 clipping the estimate x̂₀ to [−1, 1], η = 1), probability-flow ODE Euler and Heun, the EDM sampler (Heun, with and without churn) and Euler–Maruyama on
 the DDPM's own integer time grid (``scoretut.schedules.ddpm_timesteps``), all from one draw of
 starting noise with the same labels, against DDPM ancestral sampling with 1,000 steps. Quality
@@ -26,13 +26,14 @@ import time
 
 import torch
 
-from scoretut.compare import SamplerSpec, best_within, compare, reference, table
-from scoretut.config import device_from_arg
+from scoretut.sampler_comparison import SamplerSpec, best_within, compare, reference, table
+from scoretut.runtime import device_from_arg
 from scoretut.data.images import ImageFolder, write_proxy
 from scoretut.fid import extract_features, fd_of_features, train_classifier
-from scoretut.cli_ddpm import load_model
-from scoretut.image_ddpm import fit, guided_eps, label_tensor, make_sde
-from scoretut.schedules import ddpm_timesteps, eps_score
+from scoretut.pipelines.images import load
+from scoretut.pipelines.images import fit, guided_noise, label_tensor, make_sde
+from scoretut.parametrisation import score_from_noise_model
+from scoretut.schedules import ddpm_timesteps
 
 BUDGETS = (10, 20, 35, 50)
 SPECS = (
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
 
-    model, recipe = load_model(args.ckpt) if args.ckpt else (None, None)
+    model, recipe = load(args.ckpt) if args.ckpt else (None, None)
     size = recipe["image_size"] if args.ckpt else args.size
     root = args.data or write_proxy(tempfile.mkdtemp() + "/proxy", n_train=1000, n_val=args.n, size=size,
                                     seed=args.seed)  # fmt: skip
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     sde = make_sde(recipe)
     gen = torch.Generator(device).manual_seed(args.seed)
     labels = label_tensor(recipe, None, n)  # the classes in turn; None for an unconditional model
-    score = eps_score(sde, guided_eps(model, None if labels is None else labels.to(device)))
+    score = score_from_noise_model(sde, guided_noise(model, None if labels is None else labels.to(device)))
     x = torch.randn((n, 3, size, size), generator=gen, device=device)
     start = time.perf_counter()
     with torch.no_grad():

@@ -1,9 +1,9 @@
 """Quality against NFE for every sampler on one trained 2-D model, next to 1,000-step ancestral sampling.
 
-Trains the default swiss-roll recipe of :mod:`scoretut.toy` (an EDM-preconditioned denoiser
+Trains the default swiss-roll recipe of :mod:`scoretut.pipelines.toy2d` (an EDM-preconditioned denoiser
 trained with the EDM loss, whose log-normal σ distribution does not involve ``σ_max``), then
 samples it on the EDM SDE with ``σ_max`` tuned to the data (default 10 = 5 × the data's std of
-about 2; 80 is sized for images) and runs :func:`scoretut.compare.compare`:
+about 2; 80 is sized for images) and runs :func:`scoretut.sampler_comparison.compare`:
 Euler–Maruyama, predictor–corrector, probability-flow ODE Euler and Heun, DDIM (η = 0), the EDM
 sampler with and without churn — all on the ρ = 7 grid, from one prior draw, scored with the
 chunked Chamfer distance and EMD against one exact target draw — and DDPM ancestral sampling
@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from scoretut.compare import SPECS, SamplerSpec, best_within, compare, plot, reference, table
+from scoretut.sampler_comparison import SPECS, SamplerSpec, best_within, compare, plot, reference, table
 from scoretut.sde import EDMSDE
-from scoretut.toy import DEFAULT_RECIPE, fit
+from scoretut.pipelines.toy2d import DEFAULT_RECIPE, fit
 
 BUDGETS = (5, 9, 13, 19, 20, 35, 99)
 SIGMA_MAX_SWEEP = (5.0, 10.0, 20.0, 40.0, 80.0)

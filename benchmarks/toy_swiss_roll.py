@@ -25,19 +25,13 @@ import time
 
 import torch
 
-from scoretut.compare import best_within
-from scoretut.config import device_from_arg
+from scoretut.sampler_comparison import best_within
+from scoretut.runtime import device_from_arg
 from scoretut.metrics import evaluate_samples, metric_floor
-from scoretut.toy import DEFAULT_RECIPE, NFE_PER_STEP, fit, generate
+from scoretut.pipelines.toy2d import DEFAULT_RECIPE, fit, generate
+from scoretut.sampling import steps_for_nfe
 
 BUDGETS = (9, 19, 35, 99)  # NFE; Heun spends 2 per step except the last, so 2k − 1 is exact for it
-
-
-def steps_for(sampler: str, nfe: int) -> int:
-    """Sampler steps that spend at most ``nfe`` network evaluations."""
-    if sampler == "ode_heun":
-        return (nfe + 1) // 2
-    return max(1, nfe // NFE_PER_STEP[sampler])
 
 
 def evaluate(model, sampler: str, n: int, seeds: list[int], **kw) -> dict:
@@ -111,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nevery sampler on the same checkpoint (EMA), ρ = 7 grid, seeds {seeds}:\n{HEADER}")
         for sampler in ("em", "pc", "ode_euler", "ode_heun"):
             for budget in BUDGETS:
-                r = evaluate(result.ema, sampler, args.n, seeds, steps=steps_for(sampler, budget), grid="karras",
+                r = evaluate(result.ema, sampler, args.n, seeds, steps=max(1, steps_for_nfe(sampler, budget, saves_last=True)), grid="karras",
                              device=device)  # fmt: skip
                 table.append(r)
                 print(row(r), flush=True)

@@ -43,18 +43,18 @@ def train_mode(args) -> dict:
     """Time ``args.steps`` optimiser steps after ``args.warmup`` untimed ones, in this process."""
     import torch
 
-    from scoretut.image_ddpm import COURSE_NET, NETS, EpsLoss, build_model, make_recipe, make_sde
+    from scoretut.pipelines.images import COURSE_NET, NETS, NoiseLoss, build, make_recipe, make_sde
 
     opts = MODES[args.mode]
     device = torch.device(args.device)
     torch.manual_seed(0)
     recipe = make_recipe(["cat", "dog", "wild"], args.size, NETS.get(args.net, COURSE_NET))
-    model = build_model(recipe).to(device).train()
+    model = build(recipe).to(device).train()
     if opts.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if opts.get("compile") else model
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=True if device.type == "cuda" else None)
-    loss_fn = EpsLoss(make_sde(recipe), 0.1)
+    loss_fn = NoiseLoss(make_sde(recipe), 0.1)
     g = torch.Generator(device).manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device, generator=g)
     if opts.get("channels_last"):
@@ -93,14 +93,15 @@ def train_mode(args) -> dict:
 def sampling(args) -> list[dict]:
     import torch
 
-    from scoretut.ancestral import ddim, ddpm
-    from scoretut.image_ddpm import COURSE_NET, NETS, build_model, guided_eps, make_recipe, make_sde
-    from scoretut.schedules import ddpm_timesteps, eps_score
+    from scoretut.sampling import ddim, ddpm
+    from scoretut.pipelines.images import COURSE_NET, NETS, build, guided_noise, make_recipe, make_sde
+    from scoretut.parametrisation import score_from_noise_model
+    from scoretut.schedules import ddpm_timesteps
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     recipe = make_recipe(["cat", "dog", "wild"], args.size, NETS.get(args.net, COURSE_NET))
-    model = build_model(recipe).to(device).eval()
+    model = build(recipe).to(device).eval()
     sde = make_sde(recipe)
     rows = []
     for name, fn, steps in (("ancestral-1000", ddpm, 1000), ("ddim-50", ddim, 50), ("ddim-20", ddim, 20)):
@@ -109,7 +110,7 @@ def sampling(args) -> list[dict]:
         g = torch.Generator(device).manual_seed(0)
         x = torch.randn(args.sample_batch, 3, args.size, args.size, device=device, generator=g)
         y = torch.randint(1, 4, (args.sample_batch,), device=device, generator=g)
-        score = eps_score(sde, guided_eps(model, y, 1.0))
+        score = score_from_noise_model(sde, guided_noise(model, y, 1.0))
         with torch.no_grad():
             it = fn(sde, score, x, ts, generator=g, clip_x0=1.0)
             next(it)  # the starting state

@@ -38,12 +38,12 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from scoretut.config import UsageError
 from scoretut.couplings import (  # noqa: F401  (the bridge's couplings, re-exported)
     couple, coupled_pairs, ot_cost, ot_plan, sample_pairs, split_pairs, transport_cost)
+from scoretut.errors import UsageError
 from scoretut.flow import LinearPath, velocity_net
 from scoretut.losses import sample_times
-from scoretut.samplers import Step, heun_steps
+from scoretut.sampling import Step, heun_steps
 from scoretut.sde import bcast
 
 T_EPS = 1e-3
@@ -152,10 +152,10 @@ def integrate(model: BridgeModel, x: Tensor, *, reverse: bool = False, steps: in
               generator: torch.Generator | None = None, t_eps: float = T_EPS) -> Iterator[Step]:  # fmt: skip
     """Carry samples ``x`` of one end of the bridge to the other over ``t ∈ [t_ε, 1 − t_ε]``
     (forward from ``t_ε``, or ``reverse`` from ``1 − t_ε``) in ``steps`` uniform steps,
-    yielding a :class:`~scoretut.samplers.Step` after each (the first is the start).
+    yielding a :class:`~scoretut.sampling.Step` after each (the first is the start).
 
     ODE (``stochastic=False``): Heun's method on ``dx/dt = v_θ``
-    (:func:`scoretut.samplers.heun_steps`). SDE: Euler–Maruyama with drift
+    (:func:`scoretut.sampling.heun_steps`). SDE: Euler–Maruyama with drift
     ``v_θ ± ½σ² s_θ`` (``+`` forward, ``−`` in reverse, where ``dt < 0``) and noise ``σ√|h| z``;
     the last step adds no noise.
     """

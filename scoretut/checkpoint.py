@@ -8,7 +8,7 @@ so loading it never runs code from the file.
   ``fsync``s it, then ``os.replace``s it over the target: a crash leaves either the old or the
   new checkpoint, never a torn one.
 * :func:`load_checkpoint` turns every failure a user can cause (missing, corrupt, or pickled
-  code) into a :class:`scoretut.config.UsageError` that names the fix.
+  code) into a :class:`scoretut.errors.UsageError` that names the fix.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import pickle
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 PLAIN_TYPES = (str, int, float, bool, type(None))
 
@@ -47,36 +47,45 @@ def check_plain(obj: Any, where: str = "state") -> None:
     )
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` to ``path`` (parent directories are created); return the path.
-
-    Raises ``TypeError`` if ``state`` holds anything but tensors and plain data, and
-    :class:`UsageError` if the directory cannot be written.
-    """
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file next to ``path``, which is
+    made durable (fsync) and renamed over ``path``; if anything fails, ``path`` is left as it was.
+    Parent directories are created; :class:`UsageError` if the directory cannot be written."""
     path = Path(path)
-    check_plain(state)
     directory = path.parent
     tmp: str | None = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a checkpoint is not a secret
-            torch.save(state, f)
-            f.flush()
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+        os.close(fd)
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are not secrets
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(directory)
     except OSError as e:
-        raise UsageError(f"cannot write to {directory}: {e.strerror or e}; choose another --out") from e
+        raise UsageError(f"cannot write to {directory}: {e.strerror or e}; choose another `out_dir`") from e
     finally:
-        if tmp is not None:  # the write failed part-way: leave the previous checkpoint alone
+        if tmp is not None:  # the write failed part-way: leave the previous file alone
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` to ``path`` (:func:`atomic_write`); ``TypeError`` if ``state``
+    holds anything but tensors and plain data."""
+    check_plain(state)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    return atomic_write(path, write)
 
 
 def _fsync_dir(directory: Path) -> None:

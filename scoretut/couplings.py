@@ -28,7 +28,7 @@ import ot
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:

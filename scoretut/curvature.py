@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 __all__ = ["chord_deficit", "time_nonlinearity"]
 

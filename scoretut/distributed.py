@@ -1,6 +1,6 @@
 """Data-parallel training across processes: start-up from ``torchrun``'s environment, and helpers.
 
-``torchrun --nproc_per_node=K scoretut ddpm train ...`` starts ``K`` copies of the command with
+``torchrun`` with ``nproc_per_node=K`` (``scoretut ddpm train ...``) starts ``K`` copies of the command with
 ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in their environment. :func:`setup` turns that into
 a process group (NCCL on GPUs, one GPU per process; gloo on the CPU) and returns this process's
 place in it. :func:`scoretut.train.train` then notices the group: it wraps the model in
@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from scoretut.config import UsageError, device_from_arg
+from scoretut.errors import UsageError
+from scoretut.runtime import device_from_arg
 
 __all__ = ["World", "all_gather", "all_mean", "is_main", "setup", "teardown", "world"]
 
@@ -46,8 +47,8 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> World:
     """Join the process group described by ``torchrun``'s environment (if any) and pick a device.
 
     With ``WORLD_SIZE > 1``: CUDA (``device`` ``auto`` or ``cuda``) gives process ``LOCAL_RANK``
-    the GPU ``cuda:LOCAL_RANK`` and the NCCL backend; ``--device cpu`` uses gloo. Otherwise the
-    device is :func:`scoretut.config.device_from_arg` of ``device`` and no group is created.
+    the GPU ``cuda:LOCAL_RANK`` and the NCCL backend; a CPU ``device`` uses gloo. Otherwise the
+    device is :func:`scoretut.runtime.device_from_arg` of ``device`` and no group is created.
     """
     size = _env_int("WORLD_SIZE", 1)
     if size <= 1:
@@ -57,7 +58,7 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> World:
     if base.type == "cuda":
         if local >= torch.cuda.device_count():
             raise UsageError(f"LOCAL_RANK {local} has no GPU ({torch.cuda.device_count()} visible); "
-                             "lower --nproc_per_node")  # fmt: skip
+                             "start torchrun with fewer processes per node")  # fmt: skip
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
         backend = "nccl"

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scoretut.checkpoint import load_checkpoint, save_checkpoint
-from scoretut.config import UsageError, resolve_device
 from scoretut.data.images import IMAGE_SUFFIXES, ImageBatches, ImageFolder, load_image, to_unit
+from scoretut.errors import UsageError
 from scoretut.metrics import feature_stats, frechet_distance
+from scoretut.runtime import resolve_device
 from scoretut.train import TrainConfig, train
 
 __all__ = [
@@ -113,18 +114,18 @@ class InceptionFeatures(nn.Module):
         path = Path(weights)
         if not path.is_file():
             raise UsageError(f"Inception weights {path} not found; download inception_v3_google-0cc3c7bd.pth "
-                             "as the README says, or drop --inception-weights for the offline FD")  # fmt: skip
+                             "as the README says, or drop `inception_weights` for the offline FD")  # fmt: skip
         source = ("expected torchvision's inception_v3 IMAGENET1K_V1 state dict, the file "
                   "inception_v3_google-0cc3c7bd.pth (see the README)")  # fmt: skip
         try:
             state = load_checkpoint(path)
         except UsageError as e:
-            raise UsageError(f"--inception-weights {path} is not a state dict ({e}); {source}") from None
+            raise UsageError(f"`inception_weights` {path} is not a state dict ({e}); {source}") from None
         net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
         try:
             net.load_state_dict(state)
         except (RuntimeError, TypeError) as e:
-            raise UsageError(f"--inception-weights {path} does not hold inception_v3 weights "
+            raise UsageError(f"`inception_weights` {path} does not hold inception_v3 weights "
                              f"({str(e).splitlines()[0]}); {source}") from None  # fmt: skip
         net.fc = nn.Identity()
         net.aux_logits, net.AuxLogits = False, None
@@ -208,7 +209,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[ClassifierFeatures, dict[s
     """Inverse of :func:`save_classifier`: ``(model, metadata)``."""
     state = load_checkpoint(path)
     if state.get("format") != CLASSIFIER_FORMAT:
-        raise UsageError(f"{path} is not a feature classifier written by 'scoretut ddpm fid'; pass another --classifier")
+        raise UsageError(f"{path} is not a feature classifier written by 'scoretut ddpm fid'; pass another `classifier`")
     model = ClassifierFeatures(**state["config"])
     model.load_state_dict(state["model"])
     return model.eval(), {k: state[k] for k in ("classes", "image_size", "val_accuracy")}

@@ -25,7 +25,7 @@ Liu et al. 2023) the same loss applies.
 
 (:func:`velocity_from_score`, :func:`score_from_velocity`). So a flow is the probability-flow
 ODE of a diffusion with scale ``s(τ) = α_{1−τ}`` and standard deviation ``σ_{1−τ}`` in diffusion
-time ``τ = 1 − t`` (:class:`PathSDE`), and every sampler of :mod:`scoretut.samplers` runs on it.
+time ``τ = 1 − t`` (:class:`PathSDE`), and every sampler of :mod:`scoretut.sampling` runs on it.
 
 **Straightness** (Liu et al. 2023, Eq. 5): ``S = ∫₀¹ E‖(x_1 − x_0) − v(x_t, t)‖² dt`` along the
 flow's own trajectories; ``S = 0`` exactly when every trajectory is a straight line travelled
@@ -42,11 +42,12 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from scoretut.config import UsageError, default_device
 from scoretut.couplings import split_pairs
+from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.nets import ScoreMLP
-from scoretut.samplers import Step, euler_steps, heun_steps
+from scoretut.runtime import default_device
+from scoretut.sampling import Step, euler_steps, heun_steps
 from scoretut.sde import SDE, ScoreFn, as_time, bcast, ftensor
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -172,16 +173,16 @@ class PathSDE(SDE):
 
     (``α, σ`` and their ``t``-derivatives at ``t = 1 − τ``), and the probability-flow ODE
     ``dx/dτ = f − ½g² ∇log p = −v``. ``f`` is singular at pure noise (``α = 0``), so the
-    process starts at ``T = 1 − t_min``; it ends at ``eps = 0`` (the data, ``std = 0``).
-    Pair it with :func:`diffusion_score` to run any sampler of :mod:`scoretut.samplers` on a
+    process starts at ``T = 1 − t_min``; it ends at ``t_min = 0`` (the data, ``std = 0``).
+    Pair it with :func:`diffusion_score` to run any sampler of :mod:`scoretut.sampling` on a
     flow model.
     """
 
-    def __init__(self, path: GaussianPath | None = None, t_min: float = 1e-3):
-        if not 0 < t_min < 1:
-            raise UsageError(f"t_min must lie in (0, 1), got {t_min}")
-        self.path, self.t_min = path or LinearPath(), float(t_min)
-        self.T, self.eps = 1 - self.t_min, 0.0
+    def __init__(self, path: GaussianPath | None = None, t_start: float = 1e-3):
+        if not 0 < t_start < 1:
+            raise UsageError(f"t_start must lie in (0, 1), got {t_start}")
+        self.path, self.t_start = path or LinearPath(), float(t_start)
+        self.T, self.t_min = 1 - self.t_start, 0.0
 
     def sde(self, x, t):
         t = 1 - as_time(t, x)
@@ -256,10 +257,10 @@ def fit(data: Tensor, steps: int, *, seed: int = 0, init: nn.Module | None = Non
 
     ``init`` continues from a copy of a trained model (as reflow does); otherwise a fresh
     :func:`velocity_net` with the sizes ``net`` is built. ``training`` overrides the
-    optimiser settings of the 2-D recipe (:data:`scoretut.toy.DEFAULT_TRAINING`, with the
+    optimiser settings of the 2-D recipe (:data:`scoretut.pipelines.toy2d.DEFAULT_TRAINING`, with the
     cosine decay over ``steps``).
     """
-    from scoretut.toy import DEFAULT_TRAINING
+    from scoretut.pipelines.toy2d import DEFAULT_TRAINING
     from scoretut.train import TrainConfig, train
 
     torch.manual_seed(seed)
@@ -284,8 +285,8 @@ def time_grid(steps: int, t_start: float = 0.0, t_end: float = 1.0) -> Tensor:
 def integrate(model: VelocityFn, x: Tensor, steps: int, solver: str = "euler", *, t_start: float = 0.0,
               t_end: float = 1.0) -> Iterator[Step]:  # fmt: skip
     """Solve ``dx/dt = v_θ(x, t)`` from ``t_start`` to ``t_end`` (either direction) in
-    ``steps`` uniform steps of :func:`scoretut.samplers.euler_steps` or
-    :func:`~scoretut.samplers.heun_steps`, yielding a :class:`~scoretut.samplers.Step` after
+    ``steps`` uniform steps of :func:`scoretut.sampling.euler_steps` or
+    :func:`~scoretut.sampling.heun_steps`, yielding a :class:`~scoretut.sampling.Step` after
     each (the first is the start). NFE: ``steps × SOLVERS[solver]``."""
     if solver not in SOLVERS:
         raise UsageError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")

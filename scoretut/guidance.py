@@ -9,7 +9,7 @@ constraint:
 
 :func:`guided_score` builds that sum, with ``∇ₓ log p_t(y|x)`` from autograd; a ``scale`` γ ≠ 1
 samples ``∝ p_t(x) p_t(y|x)^γ`` instead (classifier guidance, Dhariwal & Nichol 2021). Any
-sampler of :mod:`scoretut.samplers` can then run on the guided score.
+sampler of :mod:`scoretut.sampling` can then run on the guided score.
 :func:`mixture_classifier` is the exact classifier ``log p_t(y = k | x_t)`` of Gaussian-mixture
 data, for which the guided score is exactly the score of component ``k``.
 
@@ -31,9 +31,9 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
 from scoretut.data.toy2d import GaussianMixture2D
-from scoretut.samplers import Step, _reverse_em_step, langevin_correct
+from scoretut.errors import UsageError
+from scoretut.sampling import Step, langevin_correct, reverse_em_step
 from scoretut.sde import SDE, ScoreFn, as_time, bcast
 
 LogLikelihood = Callable[[Tensor, Tensor], Tensor]
@@ -113,7 +113,7 @@ def replacement_imputation(
     ``mask`` (broadcastable to ``x``, 1 = known) marks the known coordinates and ``known`` holds
     their clean values ``y`` (shape of ``x``; only the masked entries are read). Each step is
     ``n_corrector`` Langevin corrector steps and one reverse-SDE Euler–Maruyama step (as
-    :func:`scoretut.samplers.predictor_corrector`), each followed by
+    :func:`scoretut.sampling.predictor_corrector`), each followed by
     ``x ← (1 − mask) x + mask (s(t) y + std(t) z)``. The last step adds no noise and sets the
     known coordinates to ``s(t_end) y``.
     """
@@ -136,6 +136,6 @@ def replacement_imputation(
         t, t_next, last = float(ts[i]), float(ts[i + 1]), i == len(ts) - 2
         for _ in range(n_corrector):
             x = replace(langevin_correct(score_fn, x, as_time(t, x), snr, 1, generator), t, True)
-        x = _reverse_em_step(rev, x, t, t_next - t, not last, generator)
+        x = reverse_em_step(rev, x, t, t_next - t, not last, generator)
         x = replace(x, t_next, not last)
         yield Step(i + 1, t_next, x)

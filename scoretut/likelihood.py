@@ -41,9 +41,9 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.losses import divergence as exact_trace
-from scoretut.samplers import _velocity
+from scoretut.sampling import pf_velocity
 from scoretut.sde import SDE, ScoreFn
 
 PROBES = ("rademacher", "gaussian")
@@ -113,14 +113,14 @@ def ode_likelihood(
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     n_probes: int = 1,
     generator: torch.Generator | None = None,
-    eps: float | None = None,
+    t_min: float | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
 ) -> Likelihood:
     """``log p_ε(x)`` for every sample of ``x`` ``(batch, *dims)`` via the probability-flow ODE.
 
-    Integrates ``d[x, ℓ]/dt = [v(x, t), ∇·v(x, t)]`` from ``t = eps`` (default ``sde.eps``) to
-    ``sde.T`` with ``ℓ(eps) = 0`` (module docstring), using the exact divergence or
+    Integrates ``d[x, ℓ]/dt = [v(x, t), ∇·v(x, t)]`` from ``t = t_min`` (default ``sde.t_min``) to
+    ``sde.T`` with ``ℓ(t_min) = 0`` (module docstring), using the exact divergence or
     Hutchinson's estimator with ``n_probes`` fixed probes of kind ``probe`` drawn from
     ``generator``. ``rtol``/``atol`` go to ``scipy.integrate.solve_ivp(method="RK45")``.
     """
@@ -128,11 +128,11 @@ def ode_likelihood(
         raise UsageError(f"unknown divergence {divergence!r}; choose one of: {', '.join(DIVERGENCES)}")
     if n_probes < 1:
         raise UsageError(f"n_probes must be a positive integer, got {n_probes}")
-    eps = sde.eps if eps is None else float(eps)
-    if not 0 <= eps < sde.T:
-        raise UsageError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps}")
+    t_min = sde.t_min if t_min is None else float(t_min)
+    if not 0 <= t_min < sde.T:
+        raise UsageError(f"t_min must lie in [0, T) = [0, {sde.T}), got {t_min}")
     shape, batch = x.shape, x.shape[0]
-    velocity = _velocity(sde, score_fn)  # v = f − ½ g² ∇log p_t (Song et al. 2021, Eq. 13)
+    velocity = pf_velocity(sde, score_fn)  # v = f − ½ g² ∇log p_t (Song et al. 2021, Eq. 13)
     z = None
     if divergence == "hutchinson":
         z = probes((n_probes, *shape), probe, generator, x.dtype, x.device)
@@ -144,7 +144,7 @@ def ode_likelihood(
         return np.concatenate([v.reshape(-1).cpu().double().numpy(), div.cpu().double().numpy()])
 
     start = np.concatenate([x.detach().reshape(-1).cpu().double().numpy(), np.zeros(batch)])
-    sol = solve_ivp(rhs, (eps, sde.T), start, method="RK45", rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (t_min, sde.T), start, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"the likelihood ODE failed: {sol.message}")
     end = torch.as_tensor(sol.y[:, -1], dtype=torch.float64, device=x.device)

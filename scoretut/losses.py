@@ -67,18 +67,18 @@ def sample_times(
 
 def log_sigma_density(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
     """``(ln σ(t), p(ln σ(t)))``: the density of the noise level met in training when the times
-    are uniform, ``t ~ U(sde.eps, sde.T)``, as in :class:`DSMLoss`.
+    are uniform, ``t ~ U(sde.t_min, sde.T)``, as in :class:`DSMLoss`.
 
-    By the change of variables ``p(ln σ) = 1 / ((T − eps) |d ln σ(t)/dt|)``, with the derivative
-    of ``sde.sigma`` taken by automatic differentiation: ``2σ²/((T − eps) β(t)(1 + σ²))`` for
+    By the change of variables ``p(ln σ) = 1 / ((T − t_min) |d ln σ(t)/dt|)``, with the derivative
+    of ``sde.sigma`` taken by automatic differentiation: ``2σ²/((T − t_min) β(t)(1 + σ²))`` for
     :class:`~scoretut.sde.VPSDE` and about ``1/ln(σ_max/σ_min)`` for the geometric schedule of
-    :class:`~scoretut.sde.VESDE`. ``t`` is a 1-D tensor of times in ``(eps, T]`` (float64 inside).
+    :class:`~scoretut.sde.VESDE`. ``t`` is a 1-D tensor of times in ``(t_min, T]`` (float64 inside).
     """
     t = torch.as_tensor(t, dtype=torch.float64).detach().requires_grad_(True)
     with torch.enable_grad():
         log_sigma = torch.log(sde.sigma(t))
         (slope,) = torch.autograd.grad(log_sigma.sum(), t)
-    return log_sigma.detach(), 1.0 / ((sde.T - sde.eps) * slope.abs())
+    return log_sigma.detach(), 1.0 / ((sde.T - sde.t_min) * slope.abs())
 
 
 def divergence(y: Tensor, x: Tensor, create_graph: bool = True) -> Tensor:
@@ -99,7 +99,7 @@ def divergence(y: Tensor, x: Tensor, create_graph: bool = True) -> Tensor:
 class _NoiseConditional:
     """Shared plumbing: the noise level at which a score loss is evaluated, and its weight.
 
-    With an ``sde``: ``t ~ U(eps, T)`` (default ``[sde.eps, sde.T]``; equal bounds give a
+    With an ``sde``: ``t ~ U(t_min, T)`` (default ``[sde.t_min, sde.T]``; equal bounds give a
     single noise level), ``x_t = s(t) x_0 + std(t) z`` and weight ``λ(t)``. Without one: ``x_0``
     itself, conditioning ``t = fixed_t`` and weight 1. With ``t_grid`` (a 1-D list of times),
     ``t`` is drawn uniformly from that finite set instead: NCSN's noise levels ``σ_1..σ_L`` on
@@ -111,7 +111,7 @@ class _NoiseConditional:
         self,
         sde: SDE | None = None,
         weighting: Weighting = "std2",
-        eps: float | None = None,
+        t_min: float | None = None,
         T: float | None = None,
         time_sampling: str = "uniform",
         fixed_t: float = 0.0,
@@ -122,7 +122,7 @@ class _NoiseConditional:
         if not callable(weighting) and weighting not in ("std2", "none"):
             raise ValueError(f"weighting must be 'std2', 'none' or a callable, got {weighting!r}")
         self.sde, self.weighting, self.time_sampling, self.fixed_t = sde, weighting, time_sampling, fixed_t
-        self.t_min = (sde.eps if sde is not None else fixed_t) if eps is None else float(eps)
+        self.t_min = (sde.t_min if sde is not None else fixed_t) if t_min is None else float(t_min)
         self.t_max = (sde.T if sde is not None else fixed_t) if T is None else float(T)
         if not self.t_min <= self.t_max:
             raise ValueError(f"need t_min <= t_max, got {self.t_min} > {self.t_max}")
@@ -163,7 +163,7 @@ class DSMLoss(_NoiseConditional):
     Args:
         sde: the forward process (:mod:`scoretut.sde`).
         weighting: ``λ(t)``, see :data:`Weighting`.
-        eps, T: bounds of the training times (default ``sde.eps``, ``sde.T``); ``eps == T``
+        t_min, T: bounds of the training times (default ``sde.t_min``, ``sde.T``); ``t_min == T``
             trains a single noise level.
         time_sampling: ``"uniform"`` or ``"stratified"`` (see :func:`sample_times`).
         t_grid: draw ``t`` uniformly from these times instead (NCSN levels, DDPM steps).
@@ -173,12 +173,12 @@ class DSMLoss(_NoiseConditional):
         self,
         sde: SDE,
         weighting: Weighting = "std2",
-        eps: float | None = None,
+        t_min: float | None = None,
         T: float | None = None,
         time_sampling: str = "uniform",
         t_grid: Tensor | list[float] | None = None,
     ):
-        super().__init__(sde, weighting, eps, T, time_sampling, t_grid=t_grid)
+        super().__init__(sde, weighting, t_min, T, time_sampling, t_grid=t_grid)
 
     def __call__(self, score_fn: ScoreFn, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         t = self.times(x0, generator)
@@ -194,13 +194,13 @@ class ISMLoss(_NoiseConditional):
     .. math::  \\mathcal L = \\mathbb E\\Big[\\lambda(t)\\big(\\tfrac12\\|s_\\theta(x, t)\\|^2
                + \\operatorname{tr}\\nabla_x s_\\theta(x, t)\\big)\\Big]
 
-    with ``x = x_t`` at ``t ~ U(eps, T)`` when an ``sde`` is given (the noise-conditional form),
+    with ``x = x_t`` at ``t ~ U(t_min, T)`` when an ``sde`` is given (the noise-conditional form),
     otherwise ``x = x_0`` and ``t = fixed_t``. Equal to ``½ E‖s_θ − ∇log p‖²`` up to a constant
     (Hyvärinen 2005, Thm. 1). The divergence costs one backward pass per data dimension.
 
     Args:
         sde: forward process, or ``None`` to score the data directly.
-        weighting, eps, T, time_sampling: as for :class:`DSMLoss` (used only with an ``sde``).
+        weighting, t_min, T, time_sampling: as for :class:`DSMLoss` (used only with an ``sde``).
         fixed_t: conditioning passed to the model when ``sde`` is ``None``.
     """
 
@@ -233,7 +233,8 @@ class SSMLoss(ISMLoss):
     ``E_v[SSM] = ISM``, hence the same gradients in expectation.
 
     Args:
-        sde, weighting, eps, T, time_sampling, fixed_t: as for :class:`ISMLoss`.
+        sde, and as keywords weighting, t_min, T, time_sampling, fixed_t, t_grid: as for
+            :class:`ISMLoss`.
         n_projections: projections per data point.
         projection: ``"rademacher"`` or ``"gaussian"``.
         variance_reduced: use SSM-VR.
@@ -245,14 +246,9 @@ class SSMLoss(ISMLoss):
         n_projections: int = 1,
         projection: Literal["rademacher", "gaussian"] = "rademacher",
         variance_reduced: bool = False,
-        weighting: Weighting = "std2",
-        eps: float | None = None,
-        T: float | None = None,
-        time_sampling: str = "uniform",
-        fixed_t: float = 0.0,
-        t_grid: Tensor | list[float] | None = None,
+        **times,
     ):
-        super().__init__(sde, weighting, eps, T, time_sampling, fixed_t, t_grid)
+        super().__init__(sde, **times)
         if projection not in ("rademacher", "gaussian"):
             raise ValueError(f"projection must be 'rademacher' or 'gaussian', got {projection!r}")
         if n_projections < 1:
@@ -295,7 +291,7 @@ class EDMLoss:
                \\lambda(\\sigma) = \\frac{\\sigma^2 + \\sigma_\\text{data}^2}{(\\sigma\\,\\sigma_\\text{data})^2}
 
     ``λ = 1/c_out²`` makes the effective target of the raw network ``F`` inside
-    :class:`scoretut.precond.EDMPrecond` unit-variance at every σ. The defaults are those tuned
+    :class:`scoretut.parametrisation.EDMPrecond` unit-variance at every σ. The defaults are those tuned
     for images scaled to ``[-1, 1]``; for other data set ``sigma_data`` to the data's standard
     deviation (and the same value in ``EDMPrecond``) and move ``P_mean`` with the noise levels
     that matter for it.

@@ -40,8 +40,8 @@ import ot
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
 from scoretut.data.toy2d import sample_dataset
+from scoretut.errors import UsageError
 
 __all__ = [
     "chamfer_distance",

@@ -14,7 +14,7 @@ The reverse-time SDE (Anderson 1982; Song et al. 2021, Eq. 6) and the probabilit
 .. math::  dx = [f(x,t) - g(t)^2\\,\\nabla_x\\log p_t(x)]\\,dt + g(t)\\,d\\bar w, \\qquad
            \\frac{dx}{dt} = f(x,t) - \\tfrac12 g(t)^2\\,\\nabla_x\\log p_t(x),
 
-both integrated from ``t = T`` down to ``t = eps`` (``dt < 0``).
+both integrated from ``t = T`` down to ``t = t_min`` (``dt < 0``).
 
 Times may be Python floats or tensors of shape ``(batch,)``; results broadcast against ``x`` of
 shape ``(batch, *dims)``.
@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score_fn(x, t) -> ∇ₓ log p_t(x)``; ``x`` has shape ``(batch, *dims)``, ``t`` shape ``(batch,)``."""
@@ -64,7 +64,7 @@ class SDE(ABC):
 
     T: float = 1.0
     """Time horizon: ``x_T`` is (approximately) distributed as :meth:`prior_sampling`."""
-    eps: float = 1e-3
+    t_min: float = 1e-3
     """Smallest time used for training and sampling (the scores blow up as ``t → 0``)."""
 
     # -- the process -------------------------------------------------------------------
@@ -149,7 +149,7 @@ class ReverseSDE:
 
     def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
         self.forward, self.score_fn, self.probability_flow = forward, score_fn, probability_flow
-        self.T, self.eps = forward.T, forward.eps
+        self.T, self.t_min = forward.T, forward.t_min
 
     def sde(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
         t = as_time(t, x)
@@ -167,10 +167,10 @@ class OU(SDE):
     the stationary variance ``σ²/(2μ)`` (= 1 for the default ``μ = ½, σ = 1``).
     """
 
-    def __init__(self, mu: float = 0.5, sigma: float = 1.0, T: float = 10.0, eps: float = 1e-3):
+    def __init__(self, mu: float = 0.5, sigma: float = 1.0, T: float = 10.0, t_min: float = 1e-3):
         if mu <= 0 or sigma <= 0:
             raise ValueError("OU needs mu > 0 and sigma > 0")
-        self.mu, self.sigma_ou, self.T, self.eps = mu, sigma, T, eps
+        self.mu, self.sigma_ou, self.T, self.t_min = mu, sigma, T, t_min
 
     def sde(self, x, t):
         t = as_time(t, x)
@@ -194,10 +194,10 @@ class VPSDE(SDE):
     ``s(t) = exp(-½ ∫₀ᵗ β)`` and ``std(t)² = 1 - exp(-∫₀ᵗ β)``.
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, eps: float = 1e-3):
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_min: float = 1e-3):
         if not 0 < beta_min <= beta_max:
             raise ValueError("VPSDE needs 0 < beta_min <= beta_max")
-        self.beta_min, self.beta_max, self.T, self.eps = beta_min, beta_max, T, eps
+        self.beta_min, self.beta_max, self.T, self.t_min = beta_min, beta_max, T, t_min
 
     def beta(self, t: Tensor) -> Tensor:
         """``β(t) = β_min + t(β_max − β_min)``."""
@@ -259,10 +259,10 @@ class VESDE(SDE):
     ``σ(t)² − σ_min²`` (≈ σ(t)² once ``σ(t) ≫ σ_min``); we use the exact value.
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, eps: float = 1e-5):
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, t_min: float = 1e-5):
         if not 0 < sigma_min < sigma_max:
             raise ValueError("VESDE needs 0 < sigma_min < sigma_max")
-        self.sigma_min, self.sigma_max, self.T, self.eps = sigma_min, sigma_max, T, eps
+        self.sigma_min, self.sigma_max, self.T, self.t_min = sigma_min, sigma_max, T, t_min
 
     def geometric_sigma(self, t: Tensor) -> Tensor:
         """``σ_min (σ_max/σ_min)^t``."""
@@ -296,7 +296,7 @@ class EDMSDE(SDE):
         if not 0 < sigma_min < sigma_max:
             raise ValueError("EDMSDE needs 0 < sigma_min < sigma_max")
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.T, self.eps = sigma_max, sigma_min
+        self.T, self.t_min = sigma_max, sigma_min
 
     def sde(self, x, t):
         t = as_time(t, x)

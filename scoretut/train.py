@@ -13,13 +13,13 @@ first update with the initial weights, so ``θ̄_0 = θ_0`` and every optimiser 
 EMA step with no decay warm-up.
 
 Everything random is drawn from three sources whose states go into each checkpoint: a
-``torch.Generator`` for the minibatch indices (:class:`TensorSampler`, on the CPU), a generator
+``torch.Generator`` for the minibatch indices (:class:`TensorBatches`, on the CPU), a generator
 on the training device for the loss's times and noise, and the global torch RNG (seeded, for
 models that use it). On the CPU a run resumed from a checkpoint is therefore bit-identical to
 an uninterrupted one.
 
 A batch may be a tensor or a tuple of tensors (images and labels); the loss receives it as the
-sampler returns it, moved to the device. Options that change only the speed (GPU):
+batch source returns it, moved to the device. Options that change only the speed (GPU):
 ``channels_last`` memory format, ``torch.compile``, the fused AdamW kernel; and ``amp="bf16"``
 computes the loss under bfloat16 autocast (the weights, gradients and optimiser state stay
 float32). Inside a ``torchrun`` process group (:mod:`scoretut.distributed`) the model is
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from scoretut import distributed
 from scoretut.checkpoint import check_plain, load_checkpoint, save_checkpoint
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 LossFn = Callable[..., Tensor]
 """``loss_fn(model, x0, generator=...) -> scalar``, e.g. an instance from :mod:`scoretut.losses`."""
@@ -76,7 +76,7 @@ class TrainConfig:
         lr_floor: final fraction of ``lr`` of the cosine decay.
         grad_clip: maximum global gradient norm, or ``None`` for no clipping.
         ema_decay: EMA decay ``d``.
-        seed: seeds the data sampler, the loss noise and the global torch RNG.
+        seed: seeds the minibatch draws, the loss noise and the global torch RNG.
         log_every: steps per entry of the loss history (mean over those steps) and per
             progress-bar update.
         ckpt_every: steps between checkpoints (0: only at the end); needs ``out_dir``.
@@ -111,15 +111,15 @@ class TrainConfig:
         if self.steps < 0 or self.batch_size < 1 or self.log_every < 1 or self.ckpt_every < 0:
             raise UsageError("need steps >= 0, batch_size >= 1, log_every >= 1 and ckpt_every >= 0")
         if self.decay_steps is not None and self.decay_steps <= self.warmup:
-            raise UsageError(f"--decay-steps {self.decay_steps} must exceed the warm-up of {self.warmup} steps")
+            raise UsageError(f"`decay_steps` {self.decay_steps} must exceed the warm-up of {self.warmup} steps")
         if not self.lr > 0:
-            raise UsageError(f"learning rate must be positive, got --lr {self.lr}")
+            raise UsageError(f"learning rate must be positive, got `lr` {self.lr}")
         if not 0.0 <= self.ema_decay <= 1.0:
-            raise UsageError(f"EMA decay must be in [0, 1], got --ema-decay {self.ema_decay}")
+            raise UsageError(f"EMA decay must be in [0, 1], got `ema_decay` {self.ema_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise UsageError(f"gradient clipping must be positive or off, got --grad-clip {self.grad_clip}")
+            raise UsageError(f"gradient clipping must be positive or off, got `grad_clip` {self.grad_clip}")
         if self.amp not in (None, *AMP_DTYPES):
-            raise UsageError(f"unknown --amp {self.amp!r}; use one of {sorted(AMP_DTYPES)} or leave it off")
+            raise UsageError(f"unknown `amp` {self.amp!r}; use one of {sorted(AMP_DTYPES)} or leave it off")
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up ``lr · (step+1)/warmup``, then (with ``decay_steps``) the cosine
@@ -133,7 +133,7 @@ class TrainConfig:
 
 
 @runtime_checkable
-class Sampler(Protocol):
+class BatchSource(Protocol):
     """A resumable source of minibatches."""
 
     def sample(self, batch_size: int) -> Tensor: ...
@@ -141,7 +141,7 @@ class Sampler(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class TensorSampler:
+class TensorBatches:
     """Minibatches drawn uniformly with replacement from a fixed data set ``(N, *dims)``.
 
     The indices come from a CPU ``torch.Generator`` seeded with ``seed``, so the sequence of
@@ -166,7 +166,7 @@ class TensorSampler:
         self.generator.set_state(state["generator"])
 
 
-class _IteratorSampler:
+class _IteratorBatches:
     """Adapts an iterator of batches; it has no state to save, so resumption is not exact."""
 
     def __init__(self, batches: Iterable[Tensor]):
@@ -182,13 +182,13 @@ class _IteratorSampler:
         warnings.warn("resuming with a data iterator: the batches will differ from an uninterrupted run")
 
 
-def as_sampler(data: Tensor | Sampler | Iterable[Tensor], seed: int) -> Sampler:
-    """A tensor becomes a :class:`TensorSampler`; samplers pass through; iterables are wrapped."""
+def as_batches(data: Tensor | BatchSource | Iterable[Tensor], seed: int) -> BatchSource:
+    """A tensor becomes a :class:`TensorBatches`; batch sources pass through; iterables are wrapped."""
     if isinstance(data, Tensor):
-        return TensorSampler(data, seed)
-    if isinstance(data, Sampler):
+        return TensorBatches(data, seed)
+    if isinstance(data, BatchSource):
         return data
-    return _IteratorSampler(data)
+    return _IteratorBatches(data)
 
 
 @dataclass
@@ -218,18 +218,18 @@ def check_run_dir(out_dir: str | Path | None, resume: bool = False, overwrite: b
     ``resume`` finds a checkpoint there and that a fresh run would not replace one."""
     ckpt = checkpoint_path(out_dir) if out_dir is not None else None
     if resume and ckpt is None:
-        raise UsageError("--resume needs --out pointing at the run to continue")
+        raise UsageError("`resume` needs `out_dir` pointing at the run to continue")
     if ckpt is not None and ckpt.exists() and not (resume or overwrite):
-        raise UsageError(f"{ckpt} already exists; pass --resume to continue it or choose another --out")
+        raise UsageError(f"{ckpt} already exists; pass `resume` to continue it or choose another `out_dir`")
     if ckpt is not None and resume and not ckpt.exists():
-        raise UsageError(f"--resume was given but {ckpt} does not exist; drop --resume to start afresh")
+        raise UsageError(f"`resume` was given but {ckpt} does not exist; drop `resume` to start afresh")
     return ckpt
 
 
 def train(
     model: nn.Module,
     loss_fn: LossFn,
-    data: Tensor | Sampler | Iterable[Tensor],
+    data: Tensor | BatchSource | Iterable[Tensor],
     cfg: TrainConfig | None = None,
     *,
     out_dir: str | Path | None = None,
@@ -245,7 +245,7 @@ def train(
         model: the network being trained, already initialised (seed before building it).
         loss_fn: a loss from :mod:`scoretut.losses`, or any callable of that signature.
         data: a tensor ``(N, dim)`` to draw minibatches from (deterministic), a
-            :class:`Sampler`, or an iterable of batches (not exactly resumable).
+            :class:`BatchSource`, or an iterable of batches (not exactly resumable).
         cfg: optimisation settings (default :class:`TrainConfig()`).
         out_dir: directory for ``ckpt.pt``; ``None`` saves nothing.
         resume: continue from ``out_dir/ckpt.pt`` up to ``cfg.steps``.
@@ -268,13 +268,13 @@ def train(
 
     rank, world = distributed.world()
     if cfg.batch_size % world:
-        raise UsageError(f"batch size {cfg.batch_size} is not divisible by the {world} processes; change --batch")
+        raise UsageError(f"batch size {cfg.batch_size} is not divisible by the {world} processes; change `batch_size`")
     main = rank == 0
     torch.manual_seed(cfg.seed + rank)  # rank 0 (and a single process) uses the seed itself
     model.to(device).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    sampler = as_sampler(data, cfg.seed + 7919 * rank)  # a tensor data set: each rank its own draws
+    batches = as_batches(data, cfg.seed + 7919 * rank)  # a tensor data set: each rank its own draws
     noise = torch.Generator(device).manual_seed(cfg.seed + 1 + 7919 * rank)  # times/noise of the loss
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                             fused=True if cfg.fused else None)  # fmt: skip
@@ -286,7 +286,7 @@ def train(
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         forward = torch.compile(forward)
-    loop = _Loop(model, ema, opt, sampler, noise, cfg, config, forward=forward)
+    loop = _Loop(model, ema, opt, batches, noise, cfg, config, forward=forward)
     if resume:
         loop.restore(load_checkpoint(ckpt, map_location="cpu"), ckpt)
 
@@ -337,10 +337,10 @@ class _Loop:
     same module, or a DDP / compiled wrapper around it).
     """
 
-    def __init__(self, model: nn.Module, ema: AveragedModel, opt: torch.optim.Optimizer, sampler: Sampler,
+    def __init__(self, model: nn.Module, ema: AveragedModel, opt: torch.optim.Optimizer, batches: BatchSource,
                  noise: torch.Generator, cfg: TrainConfig, config: dict[str, Any],
                  forward: nn.Module | None = None):  # fmt: skip
-        self.model, self.ema, self.opt, self.sampler, self.noise = model, ema, opt, sampler, noise
+        self.model, self.ema, self.opt, self.batches, self.noise = model, ema, opt, batches, noise
         self.forward = forward if forward is not None else model
         self.rank, self.world = distributed.world()
         self.cfg, self.config = cfg, config
@@ -352,7 +352,7 @@ class _Loop:
     def one_step(self, loss_fn: LossFn, device: torch.device) -> None:
         for group in self.opt.param_groups:
             group["lr"] = self.cfg.lr_at(self.step)
-        batch = _to_device(self.sampler.sample(self.cfg.batch_size // self.world), device, self.cfg.channels_last)
+        batch = _to_device(self.batches.sample(self.cfg.batch_size // self.world), device, self.cfg.channels_last)
         amp = AMP_DTYPES.get(self.cfg.amp)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = loss_fn(self.forward, batch, generator=self.noise)
@@ -374,7 +374,7 @@ class _Loop:
             self._pending.clear()
         mean = distributed.all_mean(self.window_sum / max(self.window_count, 1), self.noise.device)
         if not math.isfinite(mean):
-            raise UsageError(f"the loss became {mean} by step {self.step}; lower --lr or set --grad-clip")
+            raise UsageError(f"the loss became {mean} by step {self.step}; lower `lr` or set `grad_clip`")
         self.history.append((self.step, mean))
         self.window_sum, self.window_count = 0.0, 0
         return mean
@@ -390,7 +390,7 @@ class _Loop:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         local = {
             "rng": rng,
-            "data": self.sampler.state_dict(),
+            "data": self.batches.state_dict(),
             "window": [self.window_sum, self.window_count],
             # unlogged losses are kept as they are, so the window is summed in the same order
             "pending": torch.stack(self._pending).cpu() if self._pending else torch.zeros(0),
@@ -415,10 +415,10 @@ class _Loop:
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Inverse of :meth:`state`; raises :class:`UsageError` if the run does not match."""
         if state.get("format") != FORMAT:
-            raise UsageError(f"{path} is not a scoretut training checkpoint; choose another --out")
+            raise UsageError(f"{path} is not a scoretut training checkpoint; choose another `out_dir`")
         if state["config"] != self.config:
             raise UsageError(f"{path} was trained with a different configuration; "
-                             "resume with the same settings or choose another --out")  # fmt: skip
+                             "resume with the same settings or choose another `out_dir`")  # fmt: skip
         saved = TrainConfig(**state["train_config"])
         changed = [k for k, v in asdict(saved).items() if k not in RESUMABLE_CHANGES and getattr(self.cfg, k) != v]
         if changed:
@@ -429,7 +429,7 @@ class _Loop:
             self.ema.module.load_state_dict(state["ema"])
         except RuntimeError as e:
             raise UsageError(f"{path} holds weights for a different network ({str(e).splitlines()[0]}); "
-                             "use the same model settings or another --out") from None  # fmt: skip
+                             "use the same model settings or another `out_dir`") from None  # fmt: skip
         self.ema.n_averaged.fill_(state["ema_n_averaged"])
         self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -446,7 +446,7 @@ class _Loop:
         self.noise.set_state(local["rng"]["noise"])
         if "cuda" in local["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(local["rng"]["cuda"])
-        self.sampler.load_state_dict(local["data"])
+        self.batches.load_state_dict(local["data"])
         self.window_sum, self.window_count = float(local["window"][0]), int(local["window"][1])
         device = next(self.model.parameters()).device
         self._pending = list(local.get("pending", torch.zeros(0)).to(device).unbind())

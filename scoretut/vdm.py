@@ -40,38 +40,21 @@ with VDM's variance-minimising gradient for the schedule's shape), the Gaussian 
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.losses import sample_times
-from scoretut.precond import PREDICTIONS, eps_from_prediction, eps_to_score
-from scoretut.samplers import Step, get_sampler, timesteps
-from scoretut.sde import SDE, as_time, bcast, ftensor
+from scoretut.parametrisation import PREDICTIONS, noise_from_prediction, score_from_noise
+from scoretut.sampling import Step, get_sampler, sample, timesteps
+from scoretut.schedules import GammaSDE, NoiseSchedule, alpha_sigma
+from scoretut.sde import as_time, bcast, ftensor
 
-GAMMA_MIN = -13.3
-"""Initial ``γ(0)`` of Kingma et al. (2021): ``SNR(0) = e^{13.3} ≈ 6·10⁵``."""
-GAMMA_MAX = 5.0
-"""Initial ``γ(1)``: ``SNR(1) = e^{−5} ≈ 0.0067``."""
 
 TIME_SCHEMES = ("uniform", "stratified", "antithetic")
 
 LOG2 = math.log(2.0)
-
-
-# --------------------------------------------------------------------------- α, σ, SNR
-
-
-def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:
-    """``(α, σ) = (√sigmoid(−γ), √sigmoid(γ))``, so ``α² + σ² = 1`` and ``α²/σ² = e^{−γ}``."""
-    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
-
-
-def snr(gamma: Tensor) -> Tensor:
-    """``SNR = α²/σ² = exp(−γ)``."""
-    return torch.exp(-gamma)
 
 
 def vdm_times(
@@ -95,180 +78,13 @@ def vdm_times(
                         device=device, dtype=dtype)  # fmt: skip
 
 
-# --------------------------------------------------------------------------- schedules
-
-
-class NoiseSchedule(nn.Module):
-    """``γ(t) = γ₀ + (γ₁ − γ₀) u(t)`` with a *shape* ``u`` increasing from ``u(0) = 0`` to ``u(1) = 1``.
-
-    The endpoints ``γ₀ = γ(0)`` and ``γ₁ = γ(1)`` fix ``SNR(0)`` and ``SNR(1)``, the only part of
-    the schedule the continuous-time loss depends on; the shape ``u`` only moves the variance of
-    its estimate. Subclasses implement :meth:`shape`, returning ``u(t)`` and ``u'(t)``.
-    Inputs of any float dtype are evaluated in the parameters' dtype and returned in their own.
-    """
-
-    def __init__(self, gamma_min: float, gamma_max: float, learn_endpoints: bool):
-        super().__init__()
-        if not gamma_min < gamma_max:
-            raise UsageError(f"need gamma_min < gamma_max, got {gamma_min} >= {gamma_max}")
-        ends = torch.tensor([gamma_min, gamma_max], dtype=torch.float32)
-        if learn_endpoints:
-            self.ends = nn.Parameter(ends)
-        else:
-            self.register_buffer("ends", ends)
-
-    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(u(t), u'(t))``, each of ``t``'s shape."""
-        raise NotImplementedError
-
-    def shape_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the shape ``u`` (trained to lower the loss variance), not the endpoints."""
-        return [p for name, p in self.named_parameters() if name != "ends"]
-
-    @property
-    def gamma_0(self) -> Tensor:
-        return self.ends[0]
-
-    @property
-    def gamma_1(self) -> Tensor:
-        return self.ends[1]
-
-    def combine(self, u: Tensor, du: Tensor) -> tuple[Tensor, Tensor]:
-        """``(γ, γ') = (γ₀ + (γ₁ − γ₀) u, (γ₁ − γ₀) u')``."""
-        span = self.gamma_1 - self.gamma_0
-        return self.gamma_0 + span * u, span * du
-
-    def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``γ(t)`` and ``γ'(t)``, shape of ``t``."""
-        t = ftensor(t)
-        g, dg = self.combine(*self.shape(t.to(self.ends.dtype)))
-        return g.to(t.dtype), dg.to(t.dtype)
-
-    def forward(self, t: Tensor) -> Tensor:
-        """``γ(t)``, shape of ``t``."""
-        return self.gamma_and_derivative(t)[0]
-
-    def derivative(self, t: Tensor) -> Tensor:
-        """``γ'(t)``, shape of ``t``."""
-        return self.gamma_and_derivative(t)[1]
-
-
-class LinearSchedule(NoiseSchedule):
-    """``γ(t) = γ_min + (γ_max − γ_min) t`` (VDM's fixed schedule; ``learn_endpoints`` gives
-    their "learnable scalar" schedule)."""
-
-    def __init__(self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, learn_endpoints: bool = False):
-        super().__init__(gamma_min, gamma_max, learn_endpoints)
-
-    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        return t, torch.ones_like(t)
-
-
-class MonotoneSchedule(NoiseSchedule):
-    """VDM's monotone network (Kingma et al. 2021, App. H; ``NoiseSchedule_NNet`` of their code).
-
-    .. math::  \\tilde γ(t) = w_1 t + \\frac1K \\sum_{k=1}^K w_{3,k}\\; 2\\big(\\operatorname{sigmoid}
-               (w_{2,k}(2t - 1) + b_k) - \\tfrac12\\big), \\qquad
-               u(t) = \\frac{\\tilde γ(t) - \\tilde γ(0)}{\\tilde γ(1) - \\tilde γ(0)}
-
-    with every weight made positive (``|w|`` as in VDM, or ``softplus(w)``), so ``γ̃`` and hence
-    ``γ`` are strictly increasing whatever the weights. ``w₁`` starts at ``γ_max − γ_min`` as in
-    VDM, so the initial schedule is close to linear; ``w₂, w₃ ~ N(0, 1)``, ``b = 0``. ``u'`` is
-    computed by autograd (keeping the graph when gradients are enabled).
-
-    Args:
-        gamma_min, gamma_max: initial ``γ(0)`` and ``γ(1)``.
-        n_features: width ``K`` of the sigmoid layer (1024 in VDM).
-        positive: ``"abs"`` or ``"softplus"``.
-        learn_endpoints: train ``γ(0)``, ``γ(1)`` (by the ELBO) or keep them fixed.
-    """
-
-    def __init__(self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, n_features: int = 1024,
-                 positive: str = "abs", learn_endpoints: bool = True):  # fmt: skip
-        super().__init__(gamma_min, gamma_max, learn_endpoints)
-        if positive not in ("abs", "softplus"):
-            raise UsageError(f"positive must be 'abs' or 'softplus', got {positive!r}")
-        if n_features < 1:
-            raise UsageError(f"n_features must be positive, got {n_features}")
-        self.positive, self.n_features = positive, int(n_features)
-        w1 = torch.tensor(gamma_max - gamma_min)
-        if positive == "softplus":  # softplus⁻¹ so that the effective weight is γ_max − γ_min
-            w1 = w1 + torch.log(-torch.expm1(-w1))
-        self.w1 = nn.Parameter(w1)
-        self.w2 = nn.Parameter(torch.randn(n_features))
-        self.b2 = nn.Parameter(torch.zeros(n_features))
-        self.w3 = nn.Parameter(torch.randn(n_features))
-
-    def _pos(self, w: Tensor) -> Tensor:
-        return w.abs() if self.positive == "abs" else nn.functional.softplus(w)
-
-    def raw(self, t: Tensor) -> Tensor:
-        """The unnormalised ``γ̃(t)``, shape of ``t``."""
-        h = torch.sigmoid((2 * t - 1)[..., None] * self._pos(self.w2) + self.b2)  # (..., K)
-        return self._pos(self.w1) * t + (2 * (h - 0.5)) @ self._pos(self.w3) / self.n_features
-
-    def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            t_ = t.detach().requires_grad_(True)
-            raw = self.raw(t_)
-            (draw,) = torch.autograd.grad(raw.sum(), t_, create_graph=keep_graph)
-        ends = self.raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
-        span = ends[1] - ends[0]
-        u, du = (raw - ends[0]) / span, draw / span
-        return (u, du) if keep_graph else (u.detach(), du.detach())
-
-
-# --------------------------------------------------------------------------- the SDE and the model
-
-
-class GammaSDE(SDE):
-    """The VDM forward process as a VP SDE on ``[0, 1]`` (so every sampler of
-    :mod:`scoretut.samplers` and :class:`scoretut.losses.DSMLoss` can use it).
-
-    ``s(t) = α_t = √sigmoid(−γ)``, ``std(t) = σ_t = √sigmoid(γ)``, ``σ(t) = e^{γ/2}`` and
-
-    .. math::  dz = -\\tfrac12 β(t) z\\,dt + \\sqrt{β(t)}\\,dw, \\qquad β(t) = γ'(t)\\,σ_t^2,
-
-    because ``d log α_t/dt = −½ γ' σ_t²`` and ``dσ_t²/dt = β (1 − σ_t²)``. The prior is
-    ``N(0, I)`` (as in VDM), and ``eps = 0``: ``σ_0 > 0``, so nothing is singular at ``t = 0``.
-    """
-
-    def __init__(self, schedule: NoiseSchedule):
-        self.schedule, self.T, self.eps = schedule, 1.0, 0.0
-
-    def beta(self, t: Tensor) -> Tensor:
-        """``β(t) = γ'(t) sigmoid(γ(t))``."""
-        g, dg = self.schedule.gamma_and_derivative(ftensor(t))
-        return dg * torch.sigmoid(g)
-
-    def sde(self, x, t):
-        beta = self.beta(as_time(t, x))
-        return -0.5 * bcast(beta, x) * x, beta.sqrt()
-
-    def scale(self, t):
-        return torch.sigmoid(-self.schedule(ftensor(t))).sqrt()
-
-    def std(self, t):
-        return torch.sigmoid(self.schedule(ftensor(t))).sqrt()
-
-    def sigma(self, t):
-        return torch.exp(0.5 * self.schedule(ftensor(t)))
-
-    def prior_std(self) -> float:
-        return 1.0
-
-    def __repr__(self) -> str:
-        return f"GammaSDE({type(self.schedule).__name__})"
-
-
 class VDM(nn.Module):
     """A VDM: a schedule ``γ`` and a network ``F(z, γ_t)`` that predicts ``ε``, ``x₀`` or ``v``.
 
     The network is conditioned on ``γ_t`` itself (not on ``t``, as in VDM's score model), so it
     learns a function of the noise level that a change of schedule shape does not invalidate.
     ``forward(z, t)`` returns the score ``−ε̂/σ_t``, so the model is a score function for
-    :attr:`sde` and plugs into :mod:`scoretut.samplers`.
+    :attr:`sde` and plugs into :mod:`scoretut.sampling`.
 
     Args:
         net: ``F(z, c)``, e.g. :class:`scoretut.nets.ScoreMLP`, called with ``c = γ_t``.
@@ -286,24 +102,22 @@ class VDM(nn.Module):
     def sde(self) -> GammaSDE:
         return GammaSDE(self.schedule)
 
-    def eps_from_gamma(self, z: Tensor, gamma: Tensor) -> Tensor:
+    def noise_from_gamma(self, z: Tensor, gamma: Tensor) -> Tensor:
         """``ε̂(z; γ)`` for ``z`` ``(batch, dim)`` and per-sample ``γ`` ``(batch,)``."""
         alpha, sigma = alpha_sigma(gamma)
-        return eps_from_prediction(self.prediction, self.net(z, gamma), z, alpha, sigma)
+        return noise_from_prediction(self.prediction, self.net(z, gamma), z, alpha, sigma)
 
-    def eps(self, z: Tensor, t: Tensor) -> Tensor:
+    def noise(self, z: Tensor, t: Tensor) -> Tensor:
         """``ε̂(z_t; t)``."""
-        return self.eps_from_gamma(z, self.schedule(as_time(t, z)))
+        return self.noise_from_gamma(z, self.schedule(as_time(t, z)))
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         """Score ``∇log p_t(z) ≈ −ε̂(z; t)/σ_t``."""
         gamma = self.schedule(as_time(t, z))
-        return eps_to_score(self.eps_from_gamma(z, gamma), torch.sigmoid(gamma).sqrt())
+        return score_from_noise(self.noise_from_gamma(z, gamma), torch.sigmoid(gamma).sqrt())
 
 
-# --------------------------------------------------------------------------- the loss
-
-
+# -- the loss ---------------------------------------------------------------------------------------
 def prior_kl(x: Tensor, gamma_1: Tensor) -> Tensor:
     """``KL(N(α₁x, σ₁²I) ‖ N(0, I)) = ½ Σ (α₁² x² + σ₁² − log σ₁² − 1)`` per example, ``(batch,)``."""
     var1 = torch.sigmoid(gamma_1)
@@ -371,7 +185,7 @@ class VDMLoss:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = alpha_sigma(g_t)
         z_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
-        mse = (eps - model.eps_from_gamma(z_t, g_t)).flatten(1).pow(2).sum(1)
+        mse = (eps - model.noise_from_gamma(z_t, g_t)).flatten(1).pow(2).sum(1)
         weight = 0.5 * T * torch.expm1(g_t - g_s) if self.n_steps else 0.5 * dg_t
         diffusion = weight * mse
         surrogate = x0.new_zeros(())
@@ -446,9 +260,7 @@ def diffusion_integrand(model: VDM, x: Tensor, ts: Tensor, seed: int = 0) -> Ten
     return terms["diffusion"].reshape(K, n).mean(1) / (x[0].numel() * LOG2)
 
 
-# --------------------------------------------------------------------------- DSM weighting
-
-
+# -- DSM weighting ----------------------------------------------------------------------------------
 def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
     """``λ(t)`` for which :class:`scoretut.losses.DSMLoss` (``λ/σ_t² ‖σ_t s + ε‖²`` with
     ``s = −ε̂/σ_t``) equals each per-time objective in ``ε``-error form:
@@ -471,32 +283,26 @@ def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
     raise UsageError(f"unknown weighting {kind!r}; choose one of: elbo, eps, v, x0")
 
 
-# --------------------------------------------------------------------------- sampling
-
-
+# -- sampling ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed: int = 0,
              trajectory: bool = False, dim: int = 2) -> Tensor | list[Step]:  # fmt: skip
     """Draw ``n`` samples by running ``sampler`` (default Euler–Maruyama on the reverse SDE of
     :class:`GammaSDE`) over ``steps`` uniform steps from ``t = 1`` to ``0``, starting at
-    ``N(0, I)``. With ``trajectory`` return every :class:`~scoretut.samplers.Step`."""
+    ``N(0, I)``. With ``trajectory`` return every :class:`~scoretut.sampling.Step`."""
     if n <= 0 or steps <= 0:
         raise UsageError(f"need a positive number of samples and steps, got n={n}, steps={steps}")
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
     sde = model.sde
     x = sde.prior_sampling((n, dim), generator=gen, device=device)
-    steps_iter: Iterator[Step] = get_sampler(sampler)(sde, model, x, timesteps(sde, steps), generator=gen)
+    ts = timesteps(sde, steps)
     if trajectory:
-        return [Step(s.i, s.t, s.x.cpu()) for s in steps_iter]
-    for s in steps_iter:
-        x = s.x
-    return x
+        return [Step(s.i, s.t, s.x.cpu()) for s in get_sampler(sampler)(sde, model, x, ts, generator=gen)]
+    return sample(sampler, sde, model, x, ts, generator=gen)
 
 
-# --------------------------------------------------------------------------- Gaussian data
-
-
+# -- Gaussian data ----------------------------------------------------------------------------------
 class GaussianEps(nn.Module):
     """The optimal ``ε̂(z; γ) = σ (z − α m)/(α² s² + σ²)`` for data ``N(m, s² I)``, as a network
     ``F(z, γ)`` for :class:`VDM` (with ``prediction="eps"``)."""

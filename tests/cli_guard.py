@@ -13,10 +13,10 @@ import importlib
 import pytest
 
 WORK = {
-    "scoretut.toy": ("fit", "generate"),
+    "scoretut.pipelines.toy2d": ("fit", "generate"),
     "scoretut.train": ("train",),
     "scoretut.metrics": ("evaluate_samples",),
-    "scoretut.image_ddpm": ("fit", "generate"),
+    "scoretut.pipelines.images": ("fit", "generate"),
     "scoretut.fid": ("train_classifier", "extract_features", "read_images", "accuracy"),
     "scoretut.data.images": ("ImageFolder", "draw_shape"),
 }

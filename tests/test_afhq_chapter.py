@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from scoretut.cli import main
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data.images import afhq_dir
 
 ROOT = Path(__file__).resolve().parents[1]

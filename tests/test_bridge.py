@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scoretut import bridge
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.metrics import gaussian_w2
 from scoretut.train import TrainConfig, train
 

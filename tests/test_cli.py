@@ -209,5 +209,5 @@ def test_help_lists_the_three_toy_commands(capsys):
 
 def test_the_no_work_guard_stops_a_valid_command(tiny_run, tmp_path, no_work):
     # the guard of the bad-input test is live: a good command reaches sampling and fails there
-    with pytest.raises(pytest.fail.Exception, match="scoretut.toy.generate"):
+    with pytest.raises(pytest.fail.Exception, match="scoretut.pipelines.toy2d.generate"):
         main(["toy", "sample", "--ckpt", str(tiny_run / "ckpt.pt"), "--out", str(tmp_path / "s.npy")])

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gaussian import exact_score, w2_to_data
-from scoretut.compare import SPECS, SamplerSpec, best_within, compare, make_grid, reference, table
-from scoretut.config import UsageError
-from scoretut.samplers import CountingScore, sample, timesteps
+from scoretut.sampler_comparison import SPECS, SamplerSpec, best_within, compare, make_grid, reference, table
+from scoretut.errors import UsageError
+from scoretut.sampling import CountingScore, sample, timesteps
 from scoretut.schedules import DiscreteVP, ddpm_timesteps
 from scoretut.sde import EDMSDE, VPSDE
 

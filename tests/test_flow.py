@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from scoretut import flow
-from scoretut.ancestral import ddim
-from scoretut.config import UsageError
+from scoretut.sampling import ddim
+from scoretut.errors import UsageError
 from scoretut.data.toy2d import GaussianMixture2D, gmm_example
-from scoretut.samplers import ode_euler, ode_heun, sample
+from scoretut.sampling import ode_euler, ode_heun, sample
 
 PATHS = [flow.LinearPath(), flow.CosinePath()]
 M = torch.tensor([1.0, -0.5], dtype=torch.float64)
@@ -125,7 +125,7 @@ def test_velocity_from_score_transports_gaussians_exactly(path):
 
 @pytest.mark.parametrize("path", PATHS, ids=repr)
 def test_path_sde_has_the_path_marginals_and_its_ode_is_minus_the_velocity(path):
-    sde = flow.PathSDE(path, t_min=1e-3)
+    sde = flow.PathSDE(path, t_start=1e-3)
     tau = torch.linspace(0.05, 0.95, 10, dtype=torch.float64)
     x = torch.randn(10, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     # linear SDE moments: d ln s/dτ = f/x and d std²/dτ = 2(f/x) std² + g²
@@ -152,7 +152,7 @@ def test_flow_euler_is_ddim_and_ode_euler_on_the_path_sde():
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     t_min = 0.02
     euler = [s.x for s in flow.integrate(model, x, n, "euler", t_start=t_min)]
-    sde = flow.PathSDE(path, t_min=t_min)
+    sde = flow.PathSDE(path, t_start=t_min)
     taus = 1 - flow.time_grid(n, t_min)
     score = flow.diffusion_score(path, model)
     for sampler in (ode_euler, ddim):
@@ -252,7 +252,7 @@ def test_bad_inputs_raise_usage_errors():
     with pytest.raises(UsageError):
         flow.time_grid(0)
     with pytest.raises(UsageError):
-        flow.PathSDE(t_min=0.0)
+        flow.PathSDE(t_start=0.0)
     with pytest.raises(UsageError):
         flow.noise(0, 0)
     assert flow.generate(model, 10, 1, "heun") is None

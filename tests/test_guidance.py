@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gaussian import COV, MEAN, exact_score, w2_to_data
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data.toy2d import GaussianMixture2D, gmm_example
 from scoretut.guidance import (
     guided_score,
@@ -13,7 +13,7 @@ from scoretut.guidance import (
     mixture_conditional,
     replacement_imputation,
 )
-from scoretut.samplers import sample, timesteps
+from scoretut.sampling import sample, timesteps
 from scoretut.sde import VESDE, VPSDE, as_time
 
 
@@ -36,7 +36,7 @@ def test_exact_classifier_guidance_is_the_component_score(sde, k):
     gmm = gmm_example()
     gen = torch.Generator().manual_seed(0)
     x = 3 * torch.randn(200, 2, generator=gen, dtype=torch.float64)
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(200, generator=gen, dtype=torch.float64)
+    t = sde.t_min + (sde.T - sde.t_min) * torch.rand(200, generator=gen, dtype=torch.float64)
     guided = guided_score(gmm_score(gmm, sde), mixture_classifier(gmm, sde, k))(x, t)
     target = component(gmm, k).perturbed_score(x, sde.scale(t), sde.std(t))
     assert torch.allclose(guided, target, atol=1e-9)

@@ -8,19 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data.images import ImageFolder, to_bytes, write_proxy
-from scoretut.image_ddpm import (
-    EpsLoss,
-    build_model,
-    fit,
-    generate,
-    guided_eps,
-    label_tensor,
-    make_recipe,
-    make_sde,
-    save_grid,
-)
+from scoretut.pipelines.images import (NoiseLoss, build, fit, generate, guided_noise, label_tensor, make_recipe,
+                                       make_sde, save_grid)
 from scoretut.schedules import DiscreteVP
 
 TINY = dict(ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_levels=[1], dropout=0.0, groups=4)
@@ -47,7 +38,7 @@ class ExactEps(nn.Module):
 
 def test_eps_loss_is_zero_for_the_exact_noise_and_the_dimension_for_zero():
     sde = DiscreteVP.linear()
-    loss = EpsLoss(sde, p_drop=0.0)
+    loss = NoiseLoss(sde, p_drop=0.0)
     x0 = torch.zeros(256, 3, 4, 4)
     y = torch.ones(256, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
@@ -67,12 +58,12 @@ def test_labels_are_dropped_to_the_null_class_with_probability_p():
         return torch.zeros_like(x)
 
     y = torch.randint(1, 4, (4000,), generator=torch.Generator().manual_seed(0))
-    EpsLoss(sde, p_drop=0.1)(model, (torch.zeros(4000, 1, 1, 1), y), torch.Generator().manual_seed(1))
+    NoiseLoss(sde, p_drop=0.1)(model, (torch.zeros(4000, 1, 1, 1), y), torch.Generator().manual_seed(1))
     got = seen[-1]
     dropped = got == 0
     assert torch.equal(got[~dropped], y[~dropped])  # the others keep their label
     assert abs(float(dropped.float().mean()) - 0.1) < 4 * (0.1 * 0.9 / 4000) ** 0.5
-    EpsLoss(sde, p_drop=0.0)(model, (torch.zeros(50, 1, 1, 1), y[:50]), None)
+    NoiseLoss(sde, p_drop=0.0)(model, (torch.zeros(50, 1, 1, 1), y[:50]), None)
     assert torch.equal(seen[-1], y[:50])
 
 
@@ -82,9 +73,9 @@ def test_guidance_combines_the_conditional_and_unconditional_noise():
     x, t, y = torch.randn(4, 3, 2, 2), torch.full((4,), 500.0), torch.tensor([1, 2, 1, 2])
     cond, uncond = model(x, t, y), model(x, t, torch.zeros_like(y))
     for w in (0.0, 2.5, 7.5):
-        torch.testing.assert_close(guided_eps(model, y, w)(x, t), uncond + w * (cond - uncond))
+        torch.testing.assert_close(guided_noise(model, y, w)(x, t), uncond + w * (cond - uncond))
     model.calls = 0
-    torch.testing.assert_close(guided_eps(model, y, 1.0)(x, t), cond)
+    torch.testing.assert_close(guided_noise(model, y, 1.0)(x, t), cond)
     assert model.calls == 1  # scale 1 needs no unconditional pass
 
 
@@ -104,7 +95,7 @@ def test_exact_noise_model_generates_its_constant_image(sampler, steps):
 def test_generation_is_seeded_and_returns_trajectories():
     torch.manual_seed(0)
     r = recipe()
-    net = build_model(r).eval()
+    net = build(r).eval()
     a = generate(net, r, 3, sampler="ddpm", steps=5, seed=1)
     b = generate(net, r, 3, sampler="ddpm", steps=5, seed=1)
     c = generate(net, r, 3, sampler="ddpm", steps=5, seed=2)
@@ -161,5 +152,5 @@ def test_fit_writes_checkpoint_grids_and_loss_curve_and_resumes(tmp_path):
     again, _ = fit(root, 4, out_dir=tmp_path / "half", resume=True, **opts)
     for k, v in res.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[k], v), k
-    with pytest.raises(UsageError, match="multiple of --log-every"):
+    with pytest.raises(UsageError, match="multiple of `log_every`"):
         fit(ImageFolder(root, "train", 8), 4, out_dir=tmp_path / "x", sample_every=3, **opts)

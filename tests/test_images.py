@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.data.images import (
     NULL_LABEL,
     PROXY_CLASSES,
@@ -196,5 +196,5 @@ def test_unreadable_image_and_bad_size(tmp_path, proxy):
 
 def test_proxy_refuses_a_directory_with_other_content(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(UsageError, match="choose another --out"):
+    with pytest.raises(UsageError, match="choose another `out_dir`"):
         write_proxy(tmp_path, n_train=1, n_val=1, size=8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gaussian import COV, MEAN, exact_score, marginal_cov
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, ode_likelihood, probes
 from scoretut.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
@@ -98,7 +98,7 @@ def test_bits_per_dim_and_the_dequantisation_offset():
 
 def test_bad_options():
     sde, x = VPSDE(), torch.zeros(2, 2)
-    for kw, msg in [({"divergence": "trace"}, "exact"), ({"n_probes": 0}, "positive"), ({"eps": 2.0}, "eps")]:
+    for kw, msg in [({"divergence": "trace"}, "exact"), ({"n_probes": 0}, "positive"), ({"t_min": 2.0}, "t_min")]:
         with pytest.raises(UsageError, match=msg):
             ode_likelihood(sde, exact_score(sde), x, **kw)
     with pytest.raises(UsageError, match="rademacher"):

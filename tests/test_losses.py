@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from scoretut.losses import DSMLoss, EDMLoss, ISMLoss, SSMLoss, divergence, log_sigma_density, sample_times
-from scoretut.precond import EDMPrecond, edm_coefficients
+from scoretut.parametrisation import EDMPrecond, edm_coefficients
 from scoretut.sde import EDMSDE, VESDE, VPSDE, bcast
 
 DT = torch.float64
@@ -88,7 +88,7 @@ def assert_clearly_lower(a: Tensor, b: Tensor, n_se: float = 5.0) -> None:
 LOSSES_WITH_SCORES = {
     "dsm-vp": lambda: (DSMLoss(VPSDE()), gaussian_score(VPSDE())),
     "dsm-ve-stratified": lambda: (DSMLoss(VESDE(sigma_max=5.0), time_sampling="stratified"), gaussian_score(VESDE(sigma_max=5.0))),
-    "dsm-vp-unweighted": lambda: (DSMLoss(VPSDE(), weighting="none", eps=0.05), gaussian_score(VPSDE())),
+    "dsm-vp-unweighted": lambda: (DSMLoss(VPSDE(), weighting="none", t_min=0.05), gaussian_score(VPSDE())),
     "ism-data": lambda: (ISMLoss(), gaussian_score()),
     "ism-vp": lambda: (ISMLoss(VPSDE()), gaussian_score(VPSDE())),
     "ssm-data": lambda: (SSMLoss(n_projections=2), gaussian_score()),
@@ -170,7 +170,7 @@ def test_ism_on_perturbed_data_matches_dsm_gradient_and_closed_form():
     """At one noise level σ: DSM (Song et al. 2021 Eq. 7, λ = 1) = 2·ISM on p_σ + const."""
     sigma, n_chunks, chunk = 0.5, 30, 4000
     model = LinearScore()
-    dsm = DSMLoss(EDMSDE(), weighting="none", eps=sigma, T=sigma)  # x_t = x0 + σ z, t = σ fixed
+    dsm = DSMLoss(EDMSDE(), weighting="none", t_min=sigma, T=sigma)  # x_t = x0 + σ z, t = σ fixed
     ism = ISMLoss(None, fixed_t=sigma)
     g_dsm, g_ism = [], []
     for k in range(n_chunks):
@@ -273,7 +273,7 @@ def test_bad_loss_options_are_rejected():
     with pytest.raises(ValueError):
         DSMLoss(VPSDE(), time_sampling="nope")
     with pytest.raises(ValueError):
-        DSMLoss(VPSDE(), eps=0.5, T=0.1)
+        DSMLoss(VPSDE(), t_min=0.5, T=0.1)
     with pytest.raises(ValueError):
         SSMLoss(projection="nope")
     with pytest.raises(ValueError):
@@ -285,9 +285,9 @@ def test_dsm_weighting_options():
     sde, t0 = VPSDE(), 0.3
     x0, score = gaussian_data(500, 0), perturbed(gaussian_score(VPSDE()), "shift")
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    weighted = DSMLoss(sde, eps=t0, T=t0)(score, x0, generator=g())
-    plain = DSMLoss(sde, weighting="none", eps=t0, T=t0)(score, x0, generator=g())
-    custom = DSMLoss(sde, weighting=lambda t: 3 * torch.ones_like(t), eps=t0, T=t0)(score, x0, generator=g())
+    weighted = DSMLoss(sde, t_min=t0, T=t0)(score, x0, generator=g())
+    plain = DSMLoss(sde, weighting="none", t_min=t0, T=t0)(score, x0, generator=g())
+    custom = DSMLoss(sde, weighting=lambda t: 3 * torch.ones_like(t), t_min=t0, T=t0)(score, x0, generator=g())
     std2 = sde.std(torch.tensor(t0, dtype=DT)) ** 2
     assert weighted.item() == pytest.approx((std2 * plain).item(), rel=1e-6)
     assert custom.item() == pytest.approx(3 * plain.item(), rel=1e-6)
@@ -334,16 +334,16 @@ def test_log_sigma_density_of_uniform_times():
     """VP: d ln σ/dt = β(t)(1 + σ²)/(2σ²), a density in ln σ that integrates to 1 and matches a
     histogram of ln σ(t) for t ~ U(eps, T); VE: d ln σ/dt ≈ ln(σ_max/σ_min)."""
     vp = VPSDE()
-    t = torch.linspace(vp.eps, vp.T, 2001, dtype=DT)
+    t = torch.linspace(vp.t_min, vp.T, 2001, dtype=DT)
     log_s, p = log_sigma_density(vp, t)
     s = log_s.exp()
-    assert torch.allclose(p, 2 * s**2 / ((vp.T - vp.eps) * vp.beta(t) * (1 + s**2)), rtol=1e-9)
+    assert torch.allclose(p, 2 * s**2 / ((vp.T - vp.t_min) * vp.beta(t) * (1 + s**2)), rtol=1e-9)
     assert torch.trapezoid(p, log_s).item() == pytest.approx(1.0, rel=1e-4)
     # A histogram of ln σ(t) for uniform t, against P(a ≤ ln σ ≤ b) = (t(e^b) − t(e^a))/(T − eps).
-    u = sample_times(400_000, vp.eps, vp.T, generator=torch.Generator().manual_seed(0), dtype=DT)
+    u = sample_times(400_000, vp.t_min, vp.T, generator=torch.Generator().manual_seed(0), dtype=DT)
     edges = torch.linspace(-3.0, 4.0, 8, dtype=DT)
     hist = torch.histogram(torch.log(vp.sigma(u)), bins=edges).hist / len(u)
-    cdf = vp.t_from_sigma(edges.exp()) / (vp.T - vp.eps)
+    cdf = vp.t_from_sigma(edges.exp()) / (vp.T - vp.t_min)
     assert torch.allclose(hist, cdf[1:] - cdf[:-1], atol=3e-3)
     # VE: σ(t)² = g(t)² − σ_min² with g the geometric schedule, so d ln σ/dt = ln(σ_max/σ_min) g²/σ²,
     # which tends to the constant ln(σ_max/σ_min) once g ≫ σ_min.
@@ -351,5 +351,5 @@ def test_log_sigma_density_of_uniform_times():
     t = torch.linspace(0.02, 1.0, 50, dtype=DT)
     log_s, p = log_sigma_density(ve, t)
     g2 = ve.geometric_sigma(t) ** 2
-    assert torch.allclose(p, log_s.exp() ** 2 / (g2 * (ve.T - ve.eps) * math.log(5000.0)), rtol=1e-9)
+    assert torch.allclose(p, log_s.exp() ** 2 / (g2 * (ve.T - ve.t_min) * math.log(5000.0)), rtol=1e-9)
     assert p[-1].item() == pytest.approx(1 / math.log(5000.0), rel=1e-4)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoretut.config import UsageError
-from scoretut.data import sample_dataset
+from scoretut.errors import UsageError
+from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import (
     chamfer_distance,
     chamfer_terms,

@@ -6,22 +6,16 @@ import pytest
 import torch
 
 from gaussian import COV, MEAN, w2_to_data
-from scoretut.config import UsageError
-from scoretut.data import GaussianMixture2D, gmm_example
+from scoretut.errors import UsageError
+from scoretut.data.toy2d import GaussianMixture2D, gmm_example
 from scoretut.losses import DSMLoss
-from scoretut.ncsn import (
-    annealed_langevin,
-    langevin,
-    max_pairwise_distance,
-    ncsnv2_ratio,
-    ncsnv2_sigmas,
-    ncsnv2_step_size,
-    ncsnv2_variance_ratio,
-)
-from scoretut.samplers import SAMPLERS, sample
+from scoretut.sampling import annealed_langevin, langevin
+from scoretut.schedules import (max_pairwise_distance, ncsnv2_ratio, ncsnv2_sigmas, ncsnv2_step_size,
+                                ncsnv2_variance_ratio)
+from scoretut.sampling import SAMPLERS, sample
 from scoretut.nets import ScoreMLP
 from scoretut.sde import EDMSDE
-from scoretut.toy import ToyScoreModel
+from scoretut.pipelines.toy2d import ToyScoreModel
 from scoretut.train import TrainConfig, train
 
 
@@ -65,7 +59,7 @@ def test_annealed_langevin_on_the_gmm_recovers_the_mode_weights():
     # NCSN's ε = 2e-5 at σ_L = 0.01 (α_i = 0.2 σ_i²). Technique 4's ε (≈ 0.035 σ_L² here) only
     # contracts the variance level by level and leaves the weights off by ~0.03 in 2D.
     x = sde.prior_sampling((10_000, 2), generator=g, dtype=torch.float64)
-    out = sample(annealed_langevin, sde, score, x, sigmas, generator=g, eps=2e-5, n_steps_each=100)
+    out = sample(annealed_langevin, sde, score, x, sigmas, generator=g, step_size=2e-5, n_steps_each=100)
     assert torch.allclose(mode_fractions(gmm, out), gmm.weights, atol=0.02)
     assert torch.allclose(out.mean(0), gmm.mean(), atol=0.05)
 
@@ -148,7 +142,7 @@ def test_bad_inputs_raise_usage_errors():
     with pytest.raises(UsageError):
         next(langevin(None, gaussian_score, torch.zeros(2, 2), torch.zeros(3), step_size=0))
     with pytest.raises(UsageError):
-        next(annealed_langevin(EDMSDE(), gaussian_score, torch.zeros(2, 2), torch.ones(3), eps=-1))
+        next(annealed_langevin(EDMSDE(), gaussian_score, torch.zeros(2, 2), torch.ones(3), step_size=-1))
     with pytest.raises(UsageError):  # a grid ending at σ = 0 (e.g. the EDM grid) has no σ_L
         next(annealed_langevin(EDMSDE(), gaussian_score, torch.zeros(2, 2), torch.tensor([1.0, 0.0])))
     with pytest.raises(UsageError):

@@ -5,18 +5,9 @@ import math
 import pytest
 import torch
 
-from scoretut.precond import (
-    PRECONDS,
-    EDMPrecond,
-    IDDPMPrecond,
-    VEPrecond,
-    VPPrecond,
-    edm_coefficients,
-    iddpm_coefficients,
-    iddpm_sigmas,
-    ve_coefficients,
-    vp_coefficients,
-)
+from scoretut.parametrisation import (EDMPrecond, IDDPMPrecond, PRECONDS, VEPrecond, VPPrecond, edm_coefficients,
+                                      iddpm_coefficients, ve_coefficients, vp_coefficients)
+from scoretut.schedules import iddpm_sigmas
 from scoretut.sde import VPSDE
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 20.0, 80.0], dtype=torch.float64)

@@ -6,18 +6,9 @@ import pytest
 import torch
 
 from gaussian import MEAN, exact_flow, exact_score, w2_to_data
-from scoretut.config import UsageError
-from scoretut.samplers import (
-    SAMPLERS,
-    CountingScore,
-    get_sampler,
-    karras_sigmas,
-    ode_euler,
-    ode_heun,
-    ode_rk45,
-    sample,
-    timesteps,
-)
+from scoretut.errors import UsageError
+from scoretut.sampling import CountingScore, SAMPLERS, get_sampler, ode_euler, ode_heun, ode_rk45, sample, timesteps
+from scoretut.schedules import edm_sigmas
 from scoretut.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
 
 N = 50_000
@@ -67,7 +58,7 @@ def test_em_error_shrinks_with_steps():
 def flow_error(sampler, sde, n_steps, x_T):
     ts = timesteps(sde, n_steps)
     x = sample(sampler, sde, exact_score(sde), x_T, ts)
-    return (x - exact_flow(sde, x_T, sde.T, sde.eps)).norm(dim=1).mean().item()
+    return (x - exact_flow(sde, x_T, sde.T, sde.t_min)).norm(dim=1).mean().item()
 
 
 def observed_order(sampler, sde, steps=(8, 16, 32)):
@@ -100,7 +91,7 @@ def test_heun_on_edm_grid_converges_at_second_order():
 def test_rk45_tolerance_controls_error_and_nfe():
     sde = VPSDE()
     x_T = sde.prior_sampling((2000, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    target = exact_flow(sde, x_T, sde.T, sde.eps)
+    target = exact_flow(sde, x_T, sde.T, sde.t_min)
     results = []
     for tol in (1e-3, 1e-6):
         score = CountingScore(exact_score(sde))
@@ -131,7 +122,7 @@ def test_nfe_budgets():
 
 
 def test_karras_sigmas_endpoints_and_spacing():
-    s = karras_sigmas(18, 0.002, 80.0, 7.0)
+    s = edm_sigmas(18, 0.002, 80.0, 7.0)
     assert s[0].item() == pytest.approx(80.0) and s[-1].item() == pytest.approx(0.002)
     assert torch.all(s[1:] < s[:-1])
     ts = timesteps(VPSDE(), 10, "karras")
@@ -152,7 +143,7 @@ def test_rk45_on_the_edm_grid_ends_with_the_jump_to_sigma_zero():
     x_T = sde.prior_sampling((2000, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     for n in (1, 18):  # the two-point grid [T, 0] too: the velocity is singular at σ = 0
         steps = list(ode_rk45(sde, exact_score(sde), x_T, timesteps(sde, n, "karras"), rtol=1e-6, atol=1e-6))
-        assert steps[-1].t == 0.0 and steps[-2].t == pytest.approx(sde.eps)
+        assert steps[-1].t == 0.0 and steps[-2].t == pytest.approx(sde.t_min)
         # The last Euler step from σ_min lands on D(x; σ_min), within O(σ_min²) of the exact flow to σ = 0.
         assert (steps[-1].x - exact_flow(sde, x_T, sde.T, 0.0)).abs().max().item() < 1e-4, n
 
@@ -162,14 +153,14 @@ def test_rk45_lands_exactly_on_the_end_time():
     x_T = sde.prior_sampling((500, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     for tol in (1e-2, 1e-3, 1e-5):
         steps = list(ode_rk45(sde, exact_score(sde), x_T, timesteps(sde, 1), rtol=tol, atol=tol))
-        assert steps[-1].t == sde.eps
+        assert steps[-1].t == sde.t_min
         sizes = [a.t - b.t for a, b in zip(steps, steps[1:])]
         assert min(sizes) > 1e-6, (tol, min(sizes))  # no sliver of a step at the end
 
 
 def test_corrector_alpha_is_one_minus_beta_of_the_ddpm_chain_and_one_for_ve():
     """Song et al. (2021) Alg. 5: α_i = 1 − β_i on the DDPM chain; Alg. 4 (VE) has no α."""
-    from scoretut.samplers import corrector_alpha
+    from scoretut.sampling import corrector_alpha
     from scoretut.schedules import DiscreteVP
 
     chain = DiscreteVP.linear(T=1000)
@@ -183,7 +174,7 @@ def test_corrector_alpha_is_one_minus_beta_of_the_ddpm_chain_and_one_for_ve():
 
 def test_langevin_corrector_step_is_scaled_by_alpha():
     """ε = 2α(snr‖z‖/‖g‖)²: α scales ε exactly as snr² does, on the same noise."""
-    from scoretut.samplers import langevin_correct
+    from scoretut.sampling import langevin_correct
 
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.zeros(64, dtype=torch.float64)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.sde import EDMSDE, OU, SubVPSDE, VESDE, VPSDE, as_time, simulate
 
 SDES = {

@@ -12,11 +12,11 @@ from torch import nn
 
 from scoretut import checkpoint as ckpt_mod
 from scoretut.checkpoint import load_checkpoint, save_checkpoint
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
-from scoretut.nets import ScoreMLP, net_config
+from scoretut.nets import ScoreMLP
 from scoretut.sde import VPSDE
-from scoretut.train import TensorSampler, TrainConfig, checkpoint_path, train
+from scoretut.train import TensorBatches, TrainConfig, checkpoint_path, train
 
 MEAN = torch.tensor([1.0, -1.0])
 CHOL = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
@@ -53,7 +53,7 @@ def differ(a: nn.Module, b: nn.Module) -> bool:
 
 # -- the loop -----------------------------------------------------------------------------------
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    config = {"net": net_config("mlp", tiny_net())}
+    config = {"net": tiny_net().config()}
     full = train(tiny_net(), LOSS, DATA, tiny_cfg(steps=300, log_every=50), config=config)
 
     first = train(tiny_net(), LOSS, DATA, tiny_cfg(steps=150, log_every=50), out_dir=tmp_path, config=config)
@@ -137,13 +137,13 @@ def test_training_a_score_mlp_with_dsm_approaches_the_exact_score():
 
 
 def test_tensor_sampler_is_deterministic_and_resumable():
-    a, b = TensorSampler(DATA, seed=1), TensorSampler(DATA, seed=1)
+    a, b = TensorBatches(DATA, seed=1), TensorBatches(DATA, seed=1)
     assert torch.equal(a.sample(8), b.sample(8))
     state = a.state_dict()
     x = a.sample(8)
     b.load_state_dict(state)
     assert torch.equal(b.sample(8), x)
-    assert not torch.equal(TensorSampler(DATA, seed=2).sample(8), TensorSampler(DATA, seed=1).sample(8))
+    assert not torch.equal(TensorBatches(DATA, seed=2).sample(8), TensorBatches(DATA, seed=1).sample(8))
 
 
 def test_train_accepts_an_iterator_of_batches():
@@ -153,12 +153,12 @@ def test_train_accepts_an_iterator_of_batches():
 
 
 def test_train_refuses_to_clobber_or_to_resume_nothing(tmp_path):
-    with pytest.raises(UsageError, match="does not exist; drop --resume"):
+    with pytest.raises(UsageError, match="does not exist; drop `resume`"):
         train(tiny_net(), LOSS, DATA, tiny_cfg(steps=2), out_dir=tmp_path, resume=True)
-    with pytest.raises(UsageError, match="--resume needs --out"):
+    with pytest.raises(UsageError, match="`resume` needs `out_dir`"):
         train(tiny_net(), LOSS, DATA, tiny_cfg(steps=2), resume=True)
     train(tiny_net(), LOSS, DATA, tiny_cfg(steps=2), out_dir=tmp_path, config={"a": 1})
-    with pytest.raises(UsageError, match="already exists; pass --resume"):
+    with pytest.raises(UsageError, match="already exists; pass `resume`"):
         train(tiny_net(), LOSS, DATA, tiny_cfg(steps=2), out_dir=tmp_path, config={"a": 1})
     with pytest.raises(UsageError, match="different configuration"):
         train(tiny_net(), LOSS, DATA, tiny_cfg(steps=4), out_dir=tmp_path, resume=True, config={"a": 2})
@@ -170,19 +170,19 @@ def test_train_refuses_to_clobber_or_to_resume_nothing(tmp_path):
 
 
 def test_bad_train_settings_are_usage_errors():
-    with pytest.raises(UsageError, match="--lr"):
+    with pytest.raises(UsageError, match="`lr`"):
         TrainConfig(lr=0)
-    with pytest.raises(UsageError, match="--ema-decay"):
+    with pytest.raises(UsageError, match="`ema_decay`"):
         TrainConfig(ema_decay=1.5)
     with pytest.raises(UsageError, match="shape"):
-        TensorSampler(torch.zeros(0, 2))
+        TensorBatches(torch.zeros(0, 2))
 
 
 def test_diverging_loss_is_reported():
     def nan_loss(model, x0, generator=None):
         return model(x0, torch.zeros(len(x0))).sum() * float("nan")
 
-    with pytest.raises(UsageError, match="lower --lr"):
+    with pytest.raises(UsageError, match="lower `lr`"):
         train(tiny_net(), nan_loss, DATA, tiny_cfg(steps=10))
 
 
@@ -215,12 +215,12 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_unwritable_directory_is_a_usage_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.raises(UsageError, match=r"cannot write to .*a_file.*choose another --out"):
+    with pytest.raises(UsageError, match=r"cannot write to .*a_file.*choose another `out_dir`"):
         save_checkpoint(blocker / "run" / "ck.pt", {"x": 1})
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(UsageError, match="choose another --out"):
+        with pytest.raises(UsageError, match="choose another `out_dir`"):
             save_checkpoint(locked / "ck.pt", {"x": 1})
 
 
@@ -269,7 +269,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
 
 
 def test_training_checkpoint_contents(tmp_path):
-    config = {"net": net_config("mlp", tiny_net()), "sde": "vp"}
+    config = {"net": tiny_net().config(), "sde": "vp"}
     train(tiny_net(), LOSS, DATA, tiny_cfg(steps=20), out_dir=tmp_path, config=config)
     state = load_checkpoint(checkpoint_path(tmp_path))
     assert {"model", "ema", "ema_n_averaged", "optimizer", "step", "rng", "data", "history",

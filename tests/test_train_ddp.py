@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from scoretut import distributed
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
 from scoretut.nets import ScoreMLP
 from scoretut.sde import VPSDE
@@ -210,7 +210,7 @@ def test_bf16_autocast_trains_to_nearly_the_same_loss():
     for (_, a), (_, b) in zip(ref.history, amp.history):
         assert b == pytest.approx(a, rel=0.05)
     assert all(p.dtype == torch.float32 for p in amp.model.parameters())
-    with pytest.raises(UsageError, match="unknown --amp"):
+    with pytest.raises(UsageError, match="unknown `amp`"):
         TrainConfig(amp="fp8")
 
 

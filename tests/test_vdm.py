@@ -5,17 +5,12 @@ import math
 import pytest
 import torch
 
-from scoretut import vdm
-from scoretut.config import UsageError
+from scoretut import schedules, vdm
+from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
 from scoretut.nets import ScoreMLP
-from scoretut.precond import (
-    eps_from_prediction,
-    score_from_prediction,
-    v_from_eps_x0,
-    x0_from_eps,
-    x0_from_v,
-)
+from scoretut.parametrisation import (noise_from_prediction, score_from_prediction, v_from_noise_x0, x0_from_noise,
+                                      x0_from_v)
 
 VAR, DIM = 1.5, 2
 MEAN = torch.tensor([0.7, -0.4])
@@ -48,32 +43,32 @@ def randomise(schedule, seed, scale=3.0):
 
 def test_alpha_sigma_and_snr():
     gamma = torch.linspace(-15, 8, 101, dtype=torch.float64)
-    alpha, sigma = vdm.alpha_sigma(gamma)
+    alpha, sigma = schedules.alpha_sigma(gamma)
     torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(gamma))
-    torch.testing.assert_close(alpha**2 / sigma**2, vdm.snr(gamma))
-    torch.testing.assert_close(torch.log(vdm.snr(gamma)), -gamma)
+    torch.testing.assert_close(alpha**2 / sigma**2, schedules.snr(gamma))
+    torch.testing.assert_close(torch.log(schedules.snr(gamma)), -gamma)
 
 
 @pytest.mark.parametrize("positive", ["abs", "softplus"])
 def test_monotone_schedule_is_monotone_for_random_weights(positive):
     t = torch.linspace(0, 1, 4001)
     for seed in range(20):
-        sched = randomise(vdm.MonotoneSchedule(n_features=64, positive=positive), seed, scale=1.0 + seed)
+        sched = randomise(schedules.MonotoneSchedule(n_features=64, positive=positive), seed, scale=1.0 + seed)
         with torch.no_grad():
             gamma, dgamma = sched.gamma_and_derivative(t)
         assert bool((gamma[1:] > gamma[:-1]).all()), f"seed {seed}: γ not increasing"
         assert bool((dgamma > 0).all())
-        assert float(gamma[0]) == pytest.approx(vdm.GAMMA_MIN, abs=1e-4)
-        assert float(gamma[-1]) == pytest.approx(vdm.GAMMA_MAX, abs=1e-4)
+        assert float(gamma[0]) == pytest.approx(schedules.GAMMA_MIN, abs=1e-4)
+        assert float(gamma[-1]) == pytest.approx(schedules.GAMMA_MAX, abs=1e-4)
 
 
 def test_schedule_derivative_matches_finite_differences():
-    sched = randomise(vdm.MonotoneSchedule(n_features=32).double(), 3, scale=2.0)
+    sched = randomise(schedules.MonotoneSchedule(n_features=32).double(), 3, scale=2.0)
     t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
     h = 1e-6
     fd = (sched(t + h) - sched(t - h)) / (2 * h)
     torch.testing.assert_close(sched.derivative(t), fd, rtol=1e-5, atol=1e-6)
-    lin = vdm.LinearSchedule(-10.0, 4.0)
+    lin = schedules.LinearSchedule(-10.0, 4.0)
     torch.testing.assert_close(lin.derivative(t.float()), torch.full((50,), 14.0))
     torch.testing.assert_close(lin(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([-10.0, -3.0, 4.0]))
 
@@ -81,16 +76,16 @@ def test_schedule_derivative_matches_finite_differences():
 def test_monotone_schedule_starts_close_to_linear():
     """w₁ = γ_max − γ_min dominates the sigmoid part at initialisation, as in VDM."""
     torch.manual_seed(0)
-    sched = vdm.MonotoneSchedule()
+    sched = schedules.MonotoneSchedule()
     t = torch.linspace(0, 1, 101)
     with torch.no_grad():
-        gap = (sched(t) - vdm.LinearSchedule()(t)).abs().max()
-    assert 0 < float(gap) < 0.1 * (vdm.GAMMA_MAX - vdm.GAMMA_MIN)
+        gap = (sched(t) - schedules.LinearSchedule()(t)).abs().max()
+    assert 0 < float(gap) < 0.1 * (schedules.GAMMA_MAX - schedules.GAMMA_MIN)
 
 
 def test_gamma_sde_is_the_vp_sde_of_the_schedule():
-    sched = randomise(vdm.MonotoneSchedule(n_features=16).double(), 1)
-    sde = vdm.GammaSDE(sched)
+    sched = randomise(schedules.MonotoneSchedule(n_features=16).double(), 1)
+    sde = schedules.GammaSDE(sched)
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
     h = 1e-6
     s, std = sde.scale(t), sde.std(t)
@@ -113,12 +108,12 @@ def test_gamma_sde_is_the_vp_sde_of_the_schedule():
 @pytest.mark.parametrize("schedule", ["linear", "monotone"])
 def test_continuous_loss_matches_gaussian_closed_form_and_only_endpoints_matter(schedule):
     torch.manual_seed(0)
-    sched = vdm.LinearSchedule() if schedule == "linear" else randomise(vdm.MonotoneSchedule(n_features=64), 5)
+    sched = schedules.LinearSchedule() if schedule == "linear" else randomise(schedules.MonotoneSchedule(n_features=64), 5)
     model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), sched)
     x = gaussian_data(40000)
     with torch.no_grad():
         terms = vdm.VDMLoss(variance_trick=False).terms(model, x, torch.Generator().manual_seed(1))
-    exact = vdm.gaussian_nelbo(vdm.GAMMA_MIN, vdm.GAMMA_MAX, VAR, DIM, mean_sq=float(MEAN.pow(2).mean()))
+    exact = vdm.gaussian_nelbo(schedules.GAMMA_MIN, schedules.GAMMA_MAX, VAR, DIM, mean_sq=float(MEAN.pow(2).mean()))
     d = terms["diffusion"]
     assert float(d.mean()) == pytest.approx(exact["diffusion"], abs=4 * float(d.std()) / math.sqrt(len(d)))
     assert float(terms["prior"].mean()) == pytest.approx(exact["prior"], rel=0.02)
@@ -126,11 +121,11 @@ def test_continuous_loss_matches_gaussian_closed_form_and_only_endpoints_matter(
 
 
 def test_discrete_loss_closed_form_decreases_to_continuous():
-    span = vdm.GAMMA_MAX - vdm.GAMMA_MIN
-    cont = vdm.gaussian_diffusion_loss(vdm.GAMMA_MIN, vdm.GAMMA_MAX, VAR, DIM)
+    span = schedules.GAMMA_MAX - schedules.GAMMA_MIN
+    cont = vdm.gaussian_diffusion_loss(schedules.GAMMA_MIN, schedules.GAMMA_MAX, VAR, DIM)
     gaps = []
     for T in [10, 20, 40, 80, 160, 320, 640, 1280]:
-        grid = vdm.GAMMA_MIN + span * torch.linspace(0, 1, T + 1, dtype=torch.float64)
+        grid = schedules.GAMMA_MIN + span * torch.linspace(0, 1, T + 1, dtype=torch.float64)
         gaps.append(vdm.gaussian_discrete_loss(grid, VAR, DIM) - cont)
     assert all(g > 0 for g in gaps)  # L_T > L_∞ ...
     assert all(b < a for a, b in zip(gaps, gaps[1:]))  # ... and doubling T lowers it
@@ -141,7 +136,7 @@ def test_discrete_loss_closed_form_decreases_to_continuous():
 def test_discrete_loss_converges_to_continuous_with_common_random_numbers():
     """Monte Carlo, any network: the T-step estimate, with the same times u and noise ε as the
     continuous one, approaches it as T grows (here with a random, non-optimal network)."""
-    model = vdm.VDM(random_net(1), vdm.LinearSchedule())
+    model = vdm.VDM(random_net(1), schedules.LinearSchedule())
     x = gaussian_data(20000)
 
     def mean_diffusion(n_steps):
@@ -167,15 +162,15 @@ def test_nelbo_bounds_entropy_and_is_tight_in_the_limit():
         prev = gap
     assert prev < 1e-6
     # Monte Carlo of the full bound with the optimal ε̂ agrees with the closed form
-    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), vdm.LinearSchedule())
+    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), schedules.LinearSchedule())
     res = vdm.nelbo_bpd(model, gaussian_data(20000), repeats=2)
-    exact = vdm.gaussian_nelbo(vdm.GAMMA_MIN, vdm.GAMMA_MAX, VAR, DIM, mean_sq)["total"] / (DIM * math.log(2))
+    exact = vdm.gaussian_nelbo(schedules.GAMMA_MIN, schedules.GAMMA_MAX, VAR, DIM, mean_sq)["total"] / (DIM * math.log(2))
     assert res["total"] == pytest.approx(exact, abs=4 * res["total_se"])
 
 
 def test_vdm_loss_is_dsm_with_likelihood_weighting():
     """½ γ'‖ε − ε̂‖² is DSM with λ(t) = ½ β(t) = ½ g(t)², with the same random numbers."""
-    model = vdm.VDM(random_net(2), randomise(vdm.MonotoneSchedule(n_features=16), 2))
+    model = vdm.VDM(random_net(2), randomise(schedules.MonotoneSchedule(n_features=16), 2))
     sde = model.sde
     x = gaussian_data(4096)
     with torch.no_grad():
@@ -187,7 +182,7 @@ def test_vdm_loss_is_dsm_with_likelihood_weighting():
 @pytest.mark.parametrize("kind", ["eps", "v", "x0"])
 def test_dsm_weights_reproduce_each_prediction_loss(kind):
     """λ(t) of dsm_weight turns DSM into ‖ε − ε̂‖², ‖v − v̂‖² or ‖x − x̂‖² per sample."""
-    model = vdm.VDM(random_net(4), vdm.LinearSchedule(-6.0, 4.0))
+    model = vdm.VDM(random_net(4), schedules.LinearSchedule(-6.0, 4.0))
     sde = model.sde
     x = gaussian_data(512)
     t = torch.rand(512, generator=torch.Generator().manual_seed(0))
@@ -195,12 +190,12 @@ def test_dsm_weights_reproduce_each_prediction_loss(kind):
     alpha, sigma = sde.scale(t)[:, None], sde.std(t)[:, None]
     z = alpha * x + sigma * eps
     with torch.no_grad():
-        eps_hat = model.eps(z, t)
+        eps_hat = model.noise(z, t)
         dsm = vdm.dsm_weight(kind, sde, t) / sigma[:, 0] ** 2 * (sigma * model(z, t) + eps).pow(2).sum(1)
-    x_hat = x0_from_eps(z, eps_hat, alpha[:, 0], sigma[:, 0])
+    x_hat = x0_from_noise(z, eps_hat, alpha[:, 0], sigma[:, 0])
     target, pred = {
         "eps": (eps, eps_hat),
-        "v": (v_from_eps_x0(eps, x, alpha[:, 0], sigma[:, 0]), v_from_eps_x0(eps_hat, x_hat, alpha[:, 0], sigma[:, 0])),
+        "v": (v_from_noise_x0(eps, x, alpha[:, 0], sigma[:, 0]), v_from_noise_x0(eps_hat, x_hat, alpha[:, 0], sigma[:, 0])),
         "x0": (x, x_hat),
     }[kind]
     torch.testing.assert_close(dsm, (target - pred).pow(2).sum(1), rtol=1e-4, atol=1e-5)
@@ -210,7 +205,7 @@ def test_variance_trick_gives_variance_gradient_to_shape_and_elbo_gradient_to_th
     torch.manual_seed(0)
     # float64: the two gradients are computed in different orders, and in float32 their
     # rounding differs by ~1e-4 relative on some CPUs.
-    model = vdm.VDM(random_net(5), randomise(vdm.MonotoneSchedule(n_features=8), 4, scale=1.0)).double()
+    model = vdm.VDM(random_net(5), randomise(schedules.MonotoneSchedule(n_features=8), 4, scale=1.0)).double()
     x = gaussian_data(256).double()
     shape = model.schedule.shape_parameters()
     rest = [p for p in model.parameters() if all(p is not q for q in shape)]
@@ -235,13 +230,13 @@ def test_time_sampling_variances_match_their_decomposition():
     """Per example, Var L = E_t Var(L|t) + Var_t m(t) with m(t) = E[L|t] (closed form for the
     optimal ε̂). A batch of n independent times has variance Var L / n; the stratified set removes
     the Var_t m(t) part; antithetic pairs add Cov(m(t), m(1 − t)) < 0 instead of it."""
-    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), vdm.LinearSchedule())
+    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), schedules.LinearSchedule())
     x = gaussian_data(10000)
     n, batches = 64, 3000
     res = {s: vdm.loss_variance(model, x, s, batch_size=n, n_batches=batches) for s in vdm.TIME_SCHEMES}
-    span = vdm.GAMMA_MAX - vdm.GAMMA_MIN
+    span = schedules.GAMMA_MAX - schedules.GAMMA_MIN
     t = torch.linspace(0, 1, 200001, dtype=torch.float64)
-    m = 0.5 * span * DIM * VAR / (VAR + torch.exp(vdm.GAMMA_MIN + span * t)) / (DIM * math.log(2))
+    m = 0.5 * span * DIM * VAR / (VAR + torch.exp(schedules.GAMMA_MIN + span * t)) / (DIM * math.log(2))
     var_t, cov_anti = float(m.var()), float(((m - m.mean()) * (m.flip(0) - m.mean())).mean())
     per_example = res["uniform"]["per_example_var"]
     se = per_example * math.sqrt(2 / batches)  # standard error of n × (a variance estimate)
@@ -268,30 +263,30 @@ def test_time_schemes_are_uniform_on_the_unit_interval():
 def test_eps_x0_v_score_conversions_agree():
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(64, 2, generator=g, dtype=torch.float64), torch.randn(64, 2, generator=g, dtype=torch.float64)
-    alpha, sigma = vdm.alpha_sigma(torch.linspace(-12, 6, 64, dtype=torch.float64))
+    alpha, sigma = schedules.alpha_sigma(torch.linspace(-12, 6, 64, dtype=torch.float64))
     z = alpha[:, None] * x0 + sigma[:, None] * eps
-    v = v_from_eps_x0(eps, x0, alpha, sigma)
+    v = v_from_noise_x0(eps, x0, alpha, sigma)
     for kind, pred in [("eps", eps), ("x0", x0), ("v", v), ("score", -eps / sigma[:, None])]:
-        torch.testing.assert_close(eps_from_prediction(kind, pred, z, alpha, sigma), eps)
+        torch.testing.assert_close(noise_from_prediction(kind, pred, z, alpha, sigma), eps)
     torch.testing.assert_close(x0_from_v(z, v, alpha, sigma), x0)
     with pytest.raises(UsageError):
-        eps_from_prediction("noise", eps, z, alpha, sigma)
+        noise_from_prediction("noise", eps, z, alpha, sigma)
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
 def test_optimal_predictors_give_the_exact_gaussian_score(kind):
     """The Gaussian-optimal ε̂ rewritten as an x₀- or v-predictor gives the same (exact) score,
-    through VDM and through precond.score_from_prediction."""
+    through VDM and through parametrisation.score_from_prediction."""
     oracle = vdm.GaussianEps(MEAN, VAR)
 
     class Oracle(torch.nn.Module):
         def forward(self, z, gamma):
-            alpha, sigma = (v[:, None] for v in vdm.alpha_sigma(gamma))
+            alpha, sigma = (v[:, None] for v in schedules.alpha_sigma(gamma))
             e = oracle(z, gamma)
             x = (z - sigma * e) / alpha
             return {"eps": e, "x0": x, "v": alpha * e - sigma * x}[kind]
 
-    model = vdm.VDM(Oracle(), vdm.LinearSchedule(-8.0, 4.0), prediction=kind)
+    model = vdm.VDM(Oracle(), schedules.LinearSchedule(-8.0, 4.0), prediction=kind)
     sde = model.sde
     z = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
     t = torch.linspace(0.02, 0.98, 128)
@@ -308,8 +303,8 @@ def test_optimal_predictors_give_the_exact_gaussian_score(kind):
 def test_generate_with_the_optimal_denoiser_reaches_the_gaussian():
     # The deterministic sampler carries the prior mismatch N(0, I) vs q(z_1) (SNR(1) = e^{-5})
     # through to the data, so it gets a schedule with a smaller SNR(1).
-    for sampler, gamma_max in (("em", vdm.GAMMA_MAX), ("ode_heun", 10.0)):
-        model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), vdm.LinearSchedule(vdm.GAMMA_MIN, gamma_max))
+    for sampler, gamma_max in (("em", schedules.GAMMA_MAX), ("ode_heun", 10.0)):
+        model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), schedules.LinearSchedule(schedules.GAMMA_MIN, gamma_max))
         x = vdm.generate(model, 8000, steps=200, sampler=sampler, seed=0)
         torch.testing.assert_close(x.mean(0), MEAN, atol=0.06, rtol=0)
         torch.testing.assert_close(torch.cov(x.T), VAR * torch.eye(2), atol=0.12, rtol=0)
@@ -319,22 +314,22 @@ def test_generate_with_the_optimal_denoiser_reaches_the_gaussian():
 
 def test_bad_inputs_raise_usage_errors():
     with pytest.raises(UsageError):
-        vdm.LinearSchedule(5.0, -13.0)
+        schedules.LinearSchedule(5.0, -13.0)
     with pytest.raises(UsageError):
-        vdm.VDM(random_net(), vdm.LinearSchedule(), prediction="score")
+        vdm.VDM(random_net(), schedules.LinearSchedule(), prediction="score")
     with pytest.raises(UsageError):
         vdm.VDMLoss(time_sampling="sobol")
     with pytest.raises(UsageError):
         vdm.vdm_times(7, "antithetic")
     with pytest.raises(UsageError):
-        vdm.MonotoneSchedule(positive="square")
+        schedules.MonotoneSchedule(positive="square")
     with pytest.raises(UsageError):
-        vdm.dsm_weight("edm", vdm.GammaSDE(vdm.LinearSchedule()), torch.rand(3))
+        vdm.dsm_weight("edm", schedules.GammaSDE(schedules.LinearSchedule()), torch.rand(3))
 
 
 def test_diffusion_integrand_integrates_to_the_diffusion_loss():
-    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), randomise(vdm.MonotoneSchedule(n_features=16), 6))
+    model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), randomise(schedules.MonotoneSchedule(n_features=16), 6))
     ts = (torch.arange(400) + 0.5) / 400  # midpoint rule
     integrand = vdm.diffusion_integrand(model, gaussian_data(2000), ts)
-    exact = vdm.gaussian_diffusion_loss(vdm.GAMMA_MIN, vdm.GAMMA_MAX, VAR, DIM) / (DIM * math.log(2))
+    exact = vdm.gaussian_diffusion_loss(schedules.GAMMA_MIN, schedules.GAMMA_MAX, VAR, DIM) / (DIM * math.log(2))
     assert float(integrand.mean()) == pytest.approx(exact, rel=0.02)

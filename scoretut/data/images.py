@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -301,7 +301,7 @@ def write_proxy(out: str | os.PathLike, n_train: int = 500, n_val: int = 100, si
     if n_train < 1 or n_val < 1 or size < 8:
         raise UsageError("the proxy needs at least 1 image per class and split, and size >= 8")
     if out.exists() and any(out.iterdir()) and not (out / PROXY_MARKER).exists():
-        raise UsageError(f"{out} is not empty and holds no proxy data set; choose another --out")
+        raise UsageError(f"{out} is not empty and holds no proxy data set; choose another `out_dir`")
     try:
         for s, (split, n) in enumerate((("train", n_train), ("val", n_val))):
             for k, name in enumerate(PROXY_CLASSES):
@@ -317,5 +317,5 @@ def write_proxy(out: str | os.PathLike, n_train: int = 500, n_val: int = 100, si
             f"{n_train} train + {n_val} val images per class, {size}x{size}, seed {seed}.\n"
         )
     except OSError as e:
-        raise UsageError(f"cannot write the proxy to {out} ({e.strerror or e}); choose another --out") from None
+        raise UsageError(f"cannot write the proxy to {out} ({e.strerror or e}); choose another `out_dir`") from None
     return out

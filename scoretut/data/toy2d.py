@@ -32,7 +32,7 @@ import torch
 from sklearn.datasets import make_moons, make_swiss_roll
 from torch import Tensor
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
 
 __all__ = [
     "DATASETS",
@@ -380,7 +380,7 @@ DATASETS: dict[str, Callable[[int, int], Tensor]] = {
 def sample_dataset(name: str, n: int, seed: int = 0) -> Tensor:
     """Draw ``n`` points of the named data set with ``seed``; returns ``(n, 2)`` float32.
 
-    Raises :class:`~scoretut.config.UsageError` for an unknown name, ``n <= 0`` or a bad seed.
+    Raises :class:`~scoretut.errors.UsageError` for an unknown name, ``n <= 0`` or a bad seed.
     """
     if name not in DATASETS:
         raise UsageError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")

@@ -2,7 +2,7 @@
 
 The network does not know what its output means: called with the raw time ``t`` it is a
 score network ``s_θ(x, t)`` (Song et al. 2021), wrapped in
-:class:`scoretut.precond.EDMPrecond` it is the raw network ``F_θ(c_in x, c_noise)`` of
+:class:`scoretut.parametrisation.EDMPrecond` it is the raw network ``F_θ(c_in x, c_noise)`` of
 Karras et al. (2022, Eq. 7). Layout (pre-norm residual MLP with an additive conditioning
 projection per block, as the time embedding enters each ResNet block of DDPM, Ho et al. 2020,
 App. B):

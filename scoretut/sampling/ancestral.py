@@ -20,7 +20,7 @@ The formulas use only ``sde.scale`` and ``sde.std``, so they run on any SDE of
 ``ts`` from :func:`scoretut.schedules.ddpm_timesteps`, ending at ``t = 0``) they are the
 samplers of the papers, and the last step returns ``x̂_0`` with no noise. ``x`` may be any
 shape ``(batch, *dims)`` — points ``(B, 2)`` or images ``(B, C, H, W)``. For an ε-prediction
-network pass ``score_fn = scoretut.schedules.eps_score(sde, eps_model)``.
+network pass ``score_fn = scoretut.schedules.score_from_noise_model(sde, eps_model)``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import Tensor
 
-from scoretut.config import UsageError
-from scoretut.samplers import SAMPLERS, Step
+from scoretut.errors import UsageError
+from scoretut.sampling.core import Step
 from scoretut.schedules import gaussian_posterior
 from scoretut.sde import SDE, ScoreFn, as_time
 
@@ -142,6 +142,3 @@ def ddim(
         if sigma > 0:
             x = x + sigma * _noise(x, generator)
         yield Step(i + 1, s, x)
-
-
-SAMPLERS.update({"ddpm": ddpm, "ddim": ddim})

@@ -14,20 +14,21 @@ with ``--device cpu``). The course's spellings ``--ckpt_path``, ``--save_dir``, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from scoretut.config import UsageError
+from scoretut.cli.common import Parser, add_common, positive, writable_dir
+from scoretut.errors import UsageError
 
 
-def add_parsers(groups, parser_class, positive, add_common) -> None:
+def add_parsers(groups) -> None:
     """Add the ``ddpm`` group to the ``scoretut`` parser (``groups`` = its sub-parsers)."""
-    from scoretut.image_ddpm import NETS, SCHEDULES, TRAINING
+    from scoretut.pipelines.images import NETS, TRAINING
+    from scoretut.schedules import BETA_SCHEDULES
 
     ddpm = groups.add_parser("ddpm", help="image DDPM (AFHQ 64x64): proxy data, train, sample, FID")
-    cmds = ddpm.add_subparsers(dest="cmd", required=True, parser_class=parser_class)
+    cmds = ddpm.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     px = cmds.add_parser("proxy", help="write the offline 3-class proxy data set in the AFHQ layout")
     px.add_argument("--out", "--save_dir", required=True, type=Path, help="where to write it (e.g. data/proxy)")
@@ -50,7 +51,7 @@ def add_parsers(groups, parser_class, positive, add_common) -> None:
     tr.add_argument("--net", default="full", choices=list(NETS), help="U-Net size: full (the course's), small, tiny")
     tr.add_argument("--cfg", "--use_cfg", action="store_true", help="class-conditional with label dropout, for guidance")
     tr.add_argument("--cfg-drop", type=float, default=0.1, help="label-drop probability with --cfg (default 0.1)")
-    tr.add_argument("--schedule", default="linear", choices=list(SCHEDULES), help="β schedule (default linear)")
+    tr.add_argument("--schedule", default="linear", choices=list(BETA_SCHEDULES), help="β schedule (default linear)")
     tr.add_argument("--T", type=positive(int), default=1000, help="diffusion steps (default 1000)")
     tr.add_argument("--limit", "--max_num_images_per_cat", type=positive(int), default=None,
                     help="use at most this many training images per class")
@@ -108,9 +109,8 @@ def cmd_proxy(args) -> int:
 
 def cmd_train(args) -> int:
     from scoretut import distributed
-    from scoretut.cli import _writable_dir
     from scoretut.data.images import find_images
-    from scoretut.image_ddpm import fit, make_recipe, training_config
+    from scoretut.pipelines.images import fit, make_recipe, training_config
     from scoretut.train import check_run_dir
 
     # every input is checked before the process group starts or an image is decoded
@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
     world = distributed.setup(args.device)
     try:
         if world.rank == 0:
-            _writable_dir(args.out, "--out")
+            writable_dir(args.out, "--out")
         start = time.perf_counter()
         result, recipe = fit(args.data, args.steps, out_dir=args.out, image_size=args.image_size, net=args.net,
                              conditional=args.cfg, cfg_drop=args.cfg_drop, schedule=args.schedule, T=args.T,
@@ -143,25 +143,15 @@ def cmd_train(args) -> int:
     return 0
 
 
-def load_model(path: Path, ema: bool = True):
-    """``(model, recipe)`` from a ``scoretut ddpm train`` checkpoint (the EMA weights unless
-    ``ema=False``)."""
-    from scoretut.image_ddpm import load_trained
-
-    result, recipe = load_trained(path)
-    return (result.ema if ema else result.model), recipe
-
-
 def cmd_sample(args) -> int:
     from PIL import Image
 
-    from scoretut.cli import _writable_dir
-    from scoretut.config import device_from_arg
     from scoretut.data.images import to_bytes
-    from scoretut.image_ddpm import generate, label_tensor, save_grid
+    from scoretut.pipelines.images import generate, label_tensor, load, save_grid
+    from scoretut.runtime import device_from_arg
 
     device = device_from_arg(args.device, setting="--device")
-    model, recipe = load_model(args.ckpt, ema=not args.no_ema)
+    model, recipe = load(args.ckpt, ema=not args.no_ema)
     conditional = recipe["net"]["num_classes"] > 0
     scale = args.cfg_scale if args.cfg_scale is not None else (7.5 if conditional else 1.0)
     label_tensor(recipe, args.label, args.n, scale)  # the class exists, and labels for guidance
@@ -169,8 +159,8 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--steps {args.steps} exceeds the model's {recipe['T']} diffusion steps; "
                          f"use at most --steps {recipe['T']}")  # fmt: skip
     if args.grid is not None:
-        _writable_dir(args.grid.parent, "--grid")
-    out = _writable_dir(args.out, "--out")
+        writable_dir(args.grid.parent, "--grid")
+    out = writable_dir(args.out, "--out")
     old = sorted(out.glob("*.png"))
     if old and not args.overwrite:
         raise UsageError(f"{out} already holds {len(old)} PNG files; choose an empty --out or pass --overwrite")
@@ -209,9 +199,8 @@ def _classifier(args, device):
     size = args.size or 64
     find_images(root, "train")  # the layout, before decoding anything
     if args.classifier is not None:
-        from scoretut.cli import _writable_dir
 
-        _writable_dir(args.classifier.parent, "--classifier")
+        writable_dir(args.classifier.parent, "--classifier")
     train_set = ImageFolder(root, "train", size)
     net = train_classifier(train_set, steps=args.classifier_steps, seed=args.seed, device=device)
     val_acc = None
@@ -223,9 +212,9 @@ def _classifier(args, device):
 
 
 def cmd_fid(args) -> int:
-    from scoretut.config import device_from_arg
     from scoretut.fid import (FD_CLASSIFIER, FID_INCEPTION, InceptionFeatures, extract_features, fd_of_features,
                               image_files, read_images)  # fmt: skip
+    from scoretut.runtime import device_from_arg
 
     device = device_from_arg(args.device, setting="--device")
     for flag, path in (("--real", args.real), ("--fake", args.fake)):

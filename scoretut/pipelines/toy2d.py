@@ -9,7 +9,7 @@ with the EDM loss, sampled with Heun's method on the probability-flow ODE over t
 Two parametrisations share one module, :class:`ToyScoreModel`:
 
 * ``"edm"`` — ``D(x̂; σ) = c_skip x̂ + c_out F(c_in x̂, ¼ ln σ)``; the score of any SDE follows
-  from Tweedie's formula (:func:`scoretut.precond.score_from_denoiser`).
+  from Tweedie's formula (:func:`scoretut.parametrisation.score_from_denoiser`).
 * ``"score"`` — the network predicts ``−ε``: ``s_θ(x, t) = F(x, t)/std(t)`` (the "scale by
   σ" trick of Song et al. 2021), the classic HelloScore-style score network.
 """
@@ -22,12 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scoretut.config import UsageError, resolve_device
-from scoretut.data import sample_dataset
+from scoretut.checkpoint import load_checkpoint
+from scoretut.data.toy2d import sample_dataset
+from scoretut.errors import UsageError
 from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
 from scoretut.nets.mlp import ScoreMLP
-from scoretut.precond import EDMPrecond, score_from_denoiser
-from scoretut.samplers import CountingScore, get_sampler, sample, timesteps
+from scoretut.parametrisation import EDMPrecond, score_from_denoiser
+from scoretut.runtime import resolve_device
+from scoretut.sampling import CountingScore, get_sampler, sample, timesteps
 from scoretut.sde import SDE, SDES, as_time, bcast
 
 DEFAULT_RECIPE: dict[str, Any] = {
@@ -50,15 +52,11 @@ DEFAULT_TRAINING: dict[str, Any] = {"batch_size": 1024, "lr": 4e-3, "warmup": 50
                                      "lr_floor": 0.05, "ema_decay": 0.99}
 """Optimiser settings of the default recipe (see :class:`scoretut.train.TrainConfig`): a 50-step
 warm-up to 4e-3, then a cosine down to 2e-4 at step 1,000, where it stays. The horizon is fixed
-(not ``--steps``), so a run resumed to more steps follows the same schedule; on the swiss roll
+(not the number of training steps), so a run resumed to more steps follows the same schedule; on the swiss roll
 the decay brought CD from 1.07× to 1.02× its floor at 1,000 steps in one run of
 ``benchmarks/toy_swiss_roll.py`` (the sampling-seed spread is ±0.08, so rerun it to see yours)."""
 
 PARAMS = ("edm", "score")
-
-# Which grid and how many steps give a sampler about the same cost in network evaluations.
-NFE_PER_STEP = {"em": 1, "pc": 2, "ode_euler": 1, "ode_heun": 2, "ode_rk45": None}
-
 
 def make_sde(recipe: dict[str, Any]) -> SDE:
     """The recipe's forward SDE."""
@@ -94,11 +92,11 @@ class ToyScoreModel(nn.Module):
     def denoiser(self, x_hat: Tensor, sigma: Tensor) -> Tensor:
         """``D(x̂; σ)`` of the model (only for the ``edm`` parametrisation)."""
         if self.param != "edm":
-            raise UsageError("the EDM loss needs the 'edm' parametrisation; use --param edm")
+            raise UsageError("the EDM loss needs the 'edm' parametrisation; use `param` edm")
         return self.precond(x_hat, sigma)
 
 
-def build_model(recipe: dict[str, Any]) -> ToyScoreModel:
+def build(recipe: dict[str, Any]) -> ToyScoreModel:
     """Build the (untrained) model the recipe describes."""
     sde = make_sde(recipe)
     net = ScoreMLP(**recipe["net"])
@@ -130,7 +128,7 @@ def recipe_with(overrides: dict[str, Any] | None = None, base: dict[str, Any] | 
         else:
             recipe[key] = value
     if recipe["loss"] == "edm" and recipe["param"] != "edm":
-        raise UsageError("the EDM loss trains a denoiser; use --param edm (or another --loss)")
+        raise UsageError("the EDM loss trains a denoiser; use `param` edm (or another `loss`)")
     return recipe
 
 
@@ -161,9 +159,22 @@ def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, 
     recipe = recipe or DEFAULT_RECIPE
     cfg = training_config(steps, seed, progress, **training)
     torch.manual_seed(seed)
-    model = build_model(recipe)
+    model = build(recipe)
     return train(model, make_loss(recipe, model.sde), training_data(recipe, seed), cfg, out_dir=out_dir,
                  resume=resume, device=resolve_device(device), config={"kind": "toy", "recipe": recipe})  # fmt: skip
+
+
+def load(path, *, ema: bool = True) -> tuple[ToyScoreModel, dict[str, Any]]:
+    """``(model, recipe)`` from a checkpoint of :func:`fit`: the model rebuilt from the stored
+    recipe with the EMA weights (the raw ones with ``ema=False``), on the CPU."""
+    state = load_checkpoint(path, map_location="cpu")
+    config = state.get("config", {})
+    if config.get("kind") != "toy" or "ema" not in state:
+        raise UsageError(f"{path} is not a 'scoretut toy train' checkpoint; pass one written by it")
+    recipe = config["recipe"]
+    model = build(recipe)
+    model.load_state_dict(state["ema" if ema else "model"])
+    return model, recipe
 
 
 @torch.no_grad()
@@ -189,7 +200,7 @@ def generate(
     """
     recipe = recipe or DEFAULT_RECIPE
     if n <= 0:
-        raise UsageError(f"the number of samples must be positive, got --n {n}")
+        raise UsageError(f"the number of samples must be positive, got `n` {n}")
     name = sampler or recipe["sampler"]
     fn = get_sampler(name)
     steps = steps or recipe["steps"]

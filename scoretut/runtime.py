@@ -15,13 +15,11 @@ from typing import TypeVar
 
 import torch
 
+from scoretut.errors import UsageError
+
 T = TypeVar("T")
 
 SCALES = ("fast", "full")
-
-
-class UsageError(ValueError):
-    """Bad input from a user; the message is one line that names the fix."""
 
 
 def run_scale() -> str:

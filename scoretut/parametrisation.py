@@ -30,12 +30,11 @@ The conversions below use the VP-style notation ``x_t = α x_0 + σ_t ε`` with 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from scoretut.config import UsageError
+from scoretut.errors import UsageError
+from scoretut.schedules import iddpm_sigmas
 from scoretut.sde import SDE, VPSDE, ScoreFn, as_time, bcast
 
 
@@ -65,21 +64,6 @@ def ve_coefficients(sigma: Tensor):
     """VE row of Karras et al. (2022), Table 1: ``(1, σ, 1, ln(σ/2))`` (NCSN / SMLD)."""
     sigma = torch.as_tensor(sigma)
     return torch.ones_like(sigma), sigma, torch.ones_like(sigma), torch.log(sigma / 2)
-
-
-def iddpm_sigmas(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> Tensor:
-    """The ``M + 1`` noise levels ``u_0 > … > u_M = 0`` of iDDPM (Karras et al. 2022, Table 1).
-
-    ``u_{j−1} = √((u_j² + 1) / max(ᾱ_{j−1}/ᾱ_j, C_1) − 1)`` with the cosine schedule
-    ``ᾱ_j = sin²(π/2 · j / (M (C_2 + 1)))`` of Nichol & Dhariwal (2021); where the clip is
-    inactive ``u_j² + 1 = ᾱ_M/ᾱ_j``, i.e. ``u_j`` is the noise level of DDPM step ``M − j``.
-    """
-    alpha_bar = lambda j: math.sin(0.5 * math.pi * j / (M * (C_2 + 1))) ** 2  # noqa: E731
-    u = torch.zeros(M + 1, dtype=torch.float64)
-    for j in range(M, 0, -1):
-        ratio = max(alpha_bar(j - 1) / alpha_bar(j), C_1)
-        u[j - 1] = math.sqrt((float(u[j]) ** 2 + 1) / ratio - 1)
-    return u
 
 
 def iddpm_coefficients(sigma: Tensor, u: Tensor):
@@ -178,32 +162,32 @@ def denoiser_from_score(sde: SDE, score_fn: ScoreFn, x_hat: Tensor, t: Tensor) -
 
 
 # -- ε / x₀ / v / score conversions at one time t, for x_t = α x₀ + σ_t ε -----------------------
-def eps_to_score(eps: Tensor, std: Tensor) -> Tensor:
+def score_from_noise(noise: Tensor, std: Tensor) -> Tensor:
     """``∇log p_t = −ε/σ_t``."""
-    return -eps / bcast(std, eps)
+    return -noise / bcast(std, noise)
 
 
-def score_to_eps(score: Tensor, std: Tensor) -> Tensor:
+def noise_from_score(score: Tensor, std: Tensor) -> Tensor:
     """``ε = −σ_t ∇log p_t``."""
     return -score * bcast(std, score)
 
 
-def x0_from_eps(x_t: Tensor, eps: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+def x0_from_noise(x_t: Tensor, noise: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """``x₀ = (x_t − σ_t ε)/α``."""
-    return (x_t - bcast(std, x_t) * eps) / bcast(alpha, x_t)
+    return (x_t - bcast(std, x_t) * noise) / bcast(alpha, x_t)
 
 
-def eps_from_x0(x_t: Tensor, x0: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+def noise_from_x0(x_t: Tensor, x0: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """``ε = (x_t − α x₀)/σ_t``."""
     return (x_t - bcast(alpha, x_t) * x0) / bcast(std, x_t)
 
 
-def v_from_eps_x0(eps: Tensor, x0: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+def v_from_noise_x0(noise: Tensor, x0: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """``v = α ε − σ_t x₀`` (Salimans & Ho 2022, Sec. 4)."""
-    return bcast(alpha, eps) * eps - bcast(std, eps) * x0
+    return bcast(alpha, noise) * noise - bcast(std, noise) * x0
 
 
-def eps_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+def noise_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """``ε = σ_t x_t + α v`` (needs ``α² + σ_t² = 1``)."""
     return bcast(std, x_t) * x_t + bcast(alpha, x_t) * v
 
@@ -217,7 +201,7 @@ PREDICTIONS = ("eps", "x0", "v", "score")
 """What a network's output can stand for: noise ``ε``, clean data ``x₀``, velocity ``v`` or score."""
 
 
-def eps_from_prediction(kind: str, pred: Tensor, x_t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
+def noise_from_prediction(kind: str, pred: Tensor, x_t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
     """``ε̂`` from a prediction of ``kind`` (one of :data:`PREDICTIONS`) at ``x_t = α x₀ + σ_t ε``.
 
     ``x0``: ``ε = (x_t − α x̂₀)/σ_t``; ``v``: ``ε = σ_t x_t + α v̂`` (needs ``α² + σ_t² = 1``);
@@ -226,11 +210,11 @@ def eps_from_prediction(kind: str, pred: Tensor, x_t: Tensor, alpha: Tensor, std
     if kind == "eps":
         return pred
     if kind == "x0":
-        return eps_from_x0(x_t, pred, alpha, std)
+        return noise_from_x0(x_t, pred, alpha, std)
     if kind == "v":
-        return eps_from_v(x_t, pred, alpha, std)
+        return noise_from_v(x_t, pred, alpha, std)
     if kind == "score":
-        return score_to_eps(pred, std)
+        return noise_from_score(pred, std)
     raise UsageError(f"unknown prediction {kind!r}; choose one of: {', '.join(PREDICTIONS)}")
 
 
@@ -246,6 +230,15 @@ def score_from_prediction(sde: SDE, model: nn.Module, kind: str) -> ScoreFn:
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         t = as_time(t, x)
         alpha, std = sde.scale(t), sde.std(t)
-        return eps_to_score(eps_from_prediction(kind, model(x, t), x, alpha, std), std)
+        return score_from_noise(noise_from_prediction(kind, model(x, t), x, alpha, std), std)
 
     return score_fn
+
+
+def score_from_noise_model(sde: SDE, eps_model: nn.Module) -> ScoreFn:
+    """Score ``∇log p_t(x) = −ε̂(x, t)/std(t)`` of a noise-prediction network ``eps_model(x, t)``.
+
+    Same as :func:`scoretut.parametrisation.score_from_prediction` with ``kind="eps"``; the samplers of
+    :mod:`scoretut.sampling` invert it exactly (``ε̂ = −std(t)·score``).
+    """
+    return score_from_prediction(sde, eps_model, "eps")

@@ -5,7 +5,7 @@ The cost of a sampler is its number of score (network) evaluations, NFE; its qua
 against exact draws of the data, or any metrics an ``evaluate(samples)`` function returns (a
 Fréchet distance for images, ``benchmarks/image_sampler_comparison.py``). :func:`compare` runs each :class:`SamplerSpec` at the largest number of
 steps that fits each NFE budget, all on the same time grid (by default the ρ = 7 grid of
-:func:`scoretut.samplers.timesteps`; any ``grid(sde, steps)`` function works), from the same prior draw, and scores them against the
+:func:`scoretut.sampling.timesteps`; any ``grid(sde, steps)`` function works), from the same prior draw, and scores them against the
 same target sample. :func:`reference` is the yardstick: ancestral (DDPM) sampling with many
 steps. :func:`table` and :func:`plot` show the result.
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import scoretut.ancestral  # noqa: F401  (registers ddpm and ddim in SAMPLERS)
-from scoretut.config import UsageError, resolve_device
+from scoretut.errors import UsageError
 from scoretut.metrics import evaluate_samples
-from scoretut.samplers import CountingScore, get_sampler, sample, timesteps
+from scoretut.runtime import resolve_device
+from scoretut.sampling import CountingScore, get_sampler, sample, steps_for_nfe, timesteps
 from scoretut.sde import SDE, ScoreFn
 
 
@@ -38,25 +38,11 @@ class SamplerSpec:
     sampler: str
     options: dict[str, Any] = field(default_factory=dict)
 
-    def is_heun(self) -> bool:
-        """Heun steps: two evaluations, one when the step lands on ``σ = 0``."""
-        return self.sampler == "ode_heun" or (self.sampler == "edm" and self.options.get("solver", "heun") == "heun")
-
-    def nfe_per_step(self) -> int:
-        """Score evaluations per step (before the saving of a final Heun step at ``σ = 0``)."""
-        if self.sampler == "pc":
-            return 1 + int(self.options.get("n_corrector", 1))
-        if self.is_heun():
-            return 2
-        if self.sampler in ("em", "ode_euler", "ddim", "ddpm", "edm"):
-            return 1
-        raise UsageError(f"no NFE count for sampler {self.sampler!r}; use a fixed-step sampler")
-
     def steps(self, sde: SDE, nfe: int, grid: Grid = "karras") -> int:
-        """The most steps whose cost is at most ``nfe`` (0 if not even one step fits)."""
-        per = self.nfe_per_step()
-        saves = int(self.is_heun() and float(sde.std(torch.as_tensor(make_grid(sde, 2, grid)[-1]))) == 0.0)
-        return max(0, (nfe + saves) // per)
+        """The most steps whose cost is at most ``nfe`` (0 if not even one step fits); a Heun step
+        that lands on ``σ = 0`` costs one evaluation (:func:`scoretut.sampling.steps_for_nfe`)."""
+        ends_at_zero = float(sde.std(torch.as_tensor(make_grid(sde, 2, grid)[-1]))) == 0.0
+        return steps_for_nfe(self.sampler, nfe, self.options, saves_last=ends_at_zero)
 
     def run(self, sde: SDE, score_fn: ScoreFn, x: Tensor, steps: int, *, seed: int = 0, grid: Grid = "karras"):
         """Sample from the prior draw ``x`` with ``steps`` steps; returns ``(samples, NFE counted)``."""
@@ -81,7 +67,7 @@ SPECS: tuple[SamplerSpec, ...] = (
 REFERENCE = SamplerSpec("ancestral (DDPM)", "ddpm")
 
 Grid = str | Callable[[SDE, int], Tensor]
-"""A time grid: a :func:`scoretut.samplers.timesteps` kind, or ``grid(sde, steps) -> ts``."""
+"""A time grid: a :func:`scoretut.sampling.timesteps` kind, or ``grid(sde, steps) -> ts``."""
 
 Evaluate = Callable[[Tensor], dict[str, float]]
 """``evaluate(samples) -> {metric: value}``; lower is better for every metric."""

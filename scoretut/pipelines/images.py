@@ -19,7 +19,7 @@ Classifier-free guidance with scale ``w`` samples with
 so ``w = 0`` is unconditional, ``w = 1`` plainly conditional, and ``w > 1`` pushes samples
 towards what makes them recognisably class ``y`` (the course's 7.5 means ``w = 7.5``; Ho &
 Salimans write the same rule as ``(1 + w')ε_c − w'ε_u`` with ``w' = w − 1``). The samplers are
-the shared ones of :mod:`scoretut.ancestral` (``ddpm`` ancestral with ``β̃``, ``ddim`` with
+the shared ones of :mod:`scoretut.sampling` (``ddpm`` ancestral with ``β̃``, ``ddim`` with
 ``η``), which take the score ``−ε̂/√(1−ᾱ_t)``; the estimate ``x̂_0`` is clipped to ``[−1, 1]``
 at every step, as Ho et al. do for images.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,30 +41,16 @@ import torch
 from torch import Tensor, nn
 
 from scoretut import distributed
-from scoretut.ancestral import ddim, ddpm
-from scoretut.config import UsageError, resolve_device
+from scoretut.checkpoint import atomic_write, load_checkpoint
 from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
+from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
 from scoretut.nets.unet import UNet
-from scoretut.schedules import DiscreteVP, ddpm_timesteps, eps_score
+from scoretut.parametrisation import score_from_noise_model
+from scoretut.runtime import resolve_device
+from scoretut.sampling import ddim, ddpm
+from scoretut.schedules import BETA_SCHEDULES, DiscreteVP, ddpm_timesteps
 from scoretut.train import TrainConfig, TrainResult, train
-
-__all__ = [
-    "COURSE_NET",
-    "NETS",
-    "TRAINING",
-    "EpsLoss",
-    "TrainingFiles",
-    "build_model",
-    "fit",
-    "generate",
-    "grid_image",
-    "grid_png",
-    "guided_eps",
-    "make_recipe",
-    "make_sde",
-    "save_grid",
-]
 
 COURSE_NET: dict[str, Any] = dict(ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_levels=[1], dropout=0.1,
                                   groups=32)  # fmt: skip
@@ -82,24 +67,21 @@ TRAINING: dict[str, Any] = dict(batch_size=32, lr=2e-4, warmup=5000, ema_decay=0
 """Optimisation defaults for AFHQ (Ho et al. 2020: Adam 2e-4 with 5000 warm-up steps, EMA 0.9999,
 gradient clipping at 1)."""
 
-SCHEDULES = ("linear", "cosine")
-
-
 def make_recipe(classes: Sequence[str], image_size: int = 64, net: str | dict[str, Any] = "full",
                 schedule: str = "linear", T: int = 1000, cfg_drop: float = 0.1, conditional: bool = True) -> dict:  # fmt: skip
     """A recipe for ``classes`` (label ``k + 1`` is ``classes[k]``); ``conditional=False`` trains
     without labels (no class embedding, no guidance)."""
-    if schedule not in SCHEDULES:
-        raise UsageError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if schedule not in BETA_SCHEDULES:
+        raise UsageError(f"unknown schedule {schedule!r}; choose one of: {', '.join(BETA_SCHEDULES)}")
     if isinstance(net, str):
         if net not in NETS:
             raise UsageError(f"unknown network size {net!r}; choose one of: {', '.join(NETS)}")
         net = NETS[net]
     if not 0.0 <= cfg_drop < 1.0:
-        raise UsageError(f"the label-drop probability must be in [0, 1), got --cfg-drop {cfg_drop}")
+        raise UsageError(f"the label-drop probability must be in [0, 1), got `cfg_drop` {cfg_drop}")
     factor = 2 ** (len(net["ch_mult"]) - 1)
     if image_size % factor:
-        raise UsageError(f"--image-size {image_size} must be divisible by {factor} for this U-Net")
+        raise UsageError(f"`image_size` {image_size} must be divisible by {factor} for this U-Net")
     net = {**copy.deepcopy(net), "num_classes": len(classes) if conditional else 0}
     return {"image_size": int(image_size), "classes": list(classes), "schedule": schedule, "T": int(T),
             "net": net, "cfg_drop": float(cfg_drop) if conditional else 0.0}  # fmt: skip
@@ -110,7 +92,7 @@ def make_sde(recipe: dict[str, Any]) -> DiscreteVP:
     return getattr(DiscreteVP, recipe["schedule"])(recipe["T"])
 
 
-def build_model(recipe: dict[str, Any]) -> UNet:
+def build(recipe: dict[str, Any]) -> UNet:
     """A freshly initialised U-Net of the recipe (seed the global RNG first)."""
     return UNet(**recipe["net"])
 
@@ -123,9 +105,9 @@ def label_tensor(recipe: dict[str, Any], labels: int | str | Sequence[int] | Ten
     k = recipe["net"]["num_classes"]
     if k == 0:
         if labels is not None:
-            raise UsageError("this model was trained without labels (no --cfg); drop --label and --cfg-scale")
+            raise UsageError("this model was trained without labels (no `cfg`); drop `label` and `cfg_scale`")
         if cfg_scale != 1.0:
-            raise UsageError("guidance needs a model trained with labels (--cfg); drop --cfg-scale")
+            raise UsageError("guidance needs a model trained with labels (`cfg`); drop `cfg_scale`")
         return None
     if labels is None:
         return torch.arange(n) % k + 1
@@ -141,7 +123,7 @@ def label_tensor(recipe: dict[str, Any], labels: int | str | Sequence[int] | Ten
 
 
 # -- training ------------------------------------------------------------------------------------
-class EpsLoss:
+class NoiseLoss:
     """DDPM's ε-loss with classifier-free label dropout (module docstring).
 
     ``loss(model, batch, generator)`` with ``batch = (x_0, y)`` (or ``x_0`` alone for an
@@ -164,20 +146,7 @@ class EpsLoss:
         if y is not None and self.p_drop > 0:
             drop = torch.rand(y.shape, generator=generator, device=y.device) < self.p_drop
             y = torch.where(drop, torch.full_like(y, NULL_LABEL), y)
-        return self.dsm(eps_score(self.sde, lambda x, t: model(x, t, y)), x0, generator)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        return self.dsm(score_from_noise_model(self.sde, lambda x, t: model(x, t, y)), x0, generator)
 
 
 def grid_image(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1) -> "np.ndarray":
@@ -210,7 +179,7 @@ def save_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, pad: int =
 
     canvas = grid_image(images, nrow, pad)
     path = Path(path)
-    _atomic_write(path, lambda p: Image.fromarray(canvas).save(p, format="PNG"))
+    atomic_write(path, lambda p: Image.fromarray(canvas).save(p, format="PNG"))
     return path
 
 
@@ -224,7 +193,7 @@ def plot_history(history: Sequence[tuple[int, float]], path: str | os.PathLike) 
     ax.set(xlabel="step", ylabel="ε-loss (mean per window)", yscale="log" if history else "linear")
     ax.grid(alpha=0.3)
     path = Path(path)
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     return path
 
 
@@ -262,7 +231,7 @@ def training_config(steps: int, seed: int = 0, sample_every: int = 0, **train_op
     opts.setdefault("log_every", max(1, min(100, steps // 20 or 1)))
     cfg = TrainConfig(steps=steps, **opts)
     if sample_every and sample_every % cfg.log_every:
-        raise UsageError(f"--sample-every {sample_every} must be a multiple of --log-every {cfg.log_every}")
+        raise UsageError(f"`sample_every` {sample_every} must be a multiple of `log_every` {cfg.log_every}")
     return cfg
 
 
@@ -301,44 +270,49 @@ def fit(
     rank, world = distributed.world()
     batches = ImageBatches(dataset, seed=seed, rank=rank, world_size=world)
     torch.manual_seed(seed)
-    model = build_model(recipe)
+    model = build(recipe)
     sde = make_sde(recipe)
     callbacks = [c for c in (callback,) if c is not None]
     if sample_every and out_dir is not None:
         callbacks.append(TrainingFiles(out_dir, recipe, sample_every, seed=seed))
-    loss = EpsLoss(sde, recipe["cfg_drop"], use_labels=recipe["net"]["num_classes"] > 0)
+    loss = NoiseLoss(sde, recipe["cfg_drop"], use_labels=recipe["net"]["num_classes"] > 0)
     result = train(model, loss, batches, cfg, out_dir=out_dir, resume=resume,
                    device=resolve_device(device), config={"kind": "ddpm-image", "recipe": recipe},
                    callback=(lambda r: [c(r) for c in callbacks]) if callbacks else None)  # fmt: skip
     return result, recipe
 
 
-def load_trained(path: str | os.PathLike) -> tuple[TrainResult, dict[str, Any]]:
-    """A ``scoretut ddpm train`` checkpoint as ``(result, recipe)``, the pair :func:`fit` returns:
-    the raw and the EMA network rebuilt from the stored recipe (in eval mode, on the CPU), the
-    loss history and the step count."""
-    from scoretut.checkpoint import load_checkpoint
-
+def load_run(path: str | os.PathLike) -> tuple[TrainResult, dict[str, Any]]:
+    """A checkpoint of :func:`fit` as ``(result, recipe)``, the pair :func:`fit` returns: the raw
+    and the EMA network rebuilt from the stored recipe (in eval mode, on the CPU), the loss
+    history and the step count."""
     state = load_checkpoint(path, map_location="cpu")  # staged on the host, moved by generate()
     config = state.get("config", {})
     if config.get("kind") != "ddpm-image" or "ema" not in state:
         raise UsageError(f"{path} is not a 'scoretut ddpm train' checkpoint; pass one written by it")
     recipe = config["recipe"]
-    model, ema = build_model(recipe), build_model(recipe)
+    model, ema = build(recipe), build(recipe)
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     history = [(int(s), float(v)) for s, v in state.get("history", [])]
     return TrainResult(model.eval(), ema.eval(), history, int(state["step"])), recipe
 
 
+def load(path: str | os.PathLike, *, ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, recipe)`` from a checkpoint of :func:`fit`: the EMA network (the raw one with
+    ``ema=False``), in eval mode on the CPU."""
+    result, recipe = load_run(path)
+    return (result.ema if ema else result.model), recipe
+
+
 def gpu_options(device: str | torch.device | None = None) -> dict[str, Any]:
-    """The speed options ``scoretut ddpm train --amp bf16 --channels-last`` sets, for ``fit``:
+    """The speed options ``amp="bf16", channels_last=True`` of ``scoretut ddpm train``, for ``fit``:
     ``{"amp": "bf16", "channels_last": True}`` on a CUDA device, ``{}`` (float32) elsewhere."""
     return {"amp": "bf16", "channels_last": True} if resolve_device(device).type == "cuda" else {}
 
 
 # -- sampling ------------------------------------------------------------------------------------
-def guided_eps(model: nn.Module, y: Tensor | None, scale: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+def guided_noise(model: nn.Module, y: Tensor | None, scale: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
     """``ε̂(x, t) = ε(x, t, 0) + w (ε(x, t, y) − ε(x, t, 0))`` with ``w = scale`` (module docstring).
 
     ``scale = 1`` (or ``y = None``) calls the network once; otherwise the conditional and the
@@ -385,7 +359,7 @@ def generate(
     :func:`scoretut.default_device`); the images are returned on the CPU.
     """
     if n < 1:
-        raise UsageError(f"the number of images must be positive, got --n {n}")
+        raise UsageError(f"the number of images must be positive, got `n` {n}")
     if sampler not in ("ddpm", "ddim"):
         raise UsageError(f"unknown image sampler {sampler!r}; choose ddpm or ddim")
     options = {"eta": eta} if sampler == "ddim" else {}
@@ -403,7 +377,7 @@ def generate(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = None if y_all is None else y_all[start : start + b].to(device)
-        score = eps_score(sde, guided_eps(model, y, cfg_scale))
+        score = score_from_noise_model(sde, guided_noise(model, y, cfg_scale))
         x = torch.randn((b, channels, size, size), generator=gen, device=device)
         steps_iter = fn(sde, score, x, ts, generator=gen, clip_x0=clip_x0, **options)
         if every is not None:

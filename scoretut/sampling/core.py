@@ -1,0 +1,115 @@
+"""The shared sampling interface: :class:`Step`, time grids, NFE counting, one reverse-SDE
+Euler–Maruyama step (:func:`reverse_em_step`), the probability-flow velocity (:func:`pf_velocity`)
+and the steppers :func:`euler_steps` and :func:`heun_steps` (``velocity(x, t)`` along any grid),
+which every ODE solver, flow matching and the Schrödinger bridge use: the package has one Heun.
+
+Build time grids with :func:`timesteps`: ``uniform`` in ``t`` (Song et al. 2021) or the
+``karras`` grid in ``σ`` with ``ρ = 7`` (Karras et al. 2022, Eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+from torch import Tensor
+
+from scoretut.errors import UsageError
+from scoretut.schedules import edm_sigmas
+from scoretut.sde import SDE, EDMSDE, ScoreFn, bcast
+
+
+class Step(NamedTuple):
+    """One state of a sampling trajectory: step index ``i``, time ``t``, state ``x``."""
+
+    i: int
+    t: float
+    x: Tensor
+
+
+Sampler = Callable[..., Iterator[Step]]
+
+
+def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: float | None = None) -> Tensor:
+    """A decreasing grid of ``n + 1`` times for ``n`` sampler steps.
+
+    ``uniform``: ``linspace(T, t_min, n+1)``. ``karras``: ``n`` noise levels from ``σ(T)`` to
+    ``σ(t_min)`` spaced as in Karras et al. (2022, Eq. 5), mapped back to times with
+    ``sde.t_from_sigma``. For :class:`~scoretut.sde.EDMSDE` the grid is ``n`` noise levels followed
+    by ``t = 0``, where one Euler step lands exactly on the denoiser output (Karras et al. 2022).
+    """
+    if n < 1:
+        raise UsageError(f"the number of sampler steps must be positive, got {n}")
+    t_end = sde.t_min if t_end is None else t_end
+    if kind == "uniform":
+        return torch.linspace(sde.T, t_end, n + 1, dtype=torch.float64)
+    if kind == "karras":
+        s_hi = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64)))
+        s_lo = float(sde.sigma(torch.tensor(t_end, dtype=torch.float64)))
+        if isinstance(sde, EDMSDE):  # n noise levels, then the exact jump to σ = 0
+            if n == 1:
+                return torch.tensor([sde.T, 0.0], dtype=torch.float64)
+            ts = edm_sigmas(n, s_lo, s_hi, rho)
+            return torch.cat([ts, ts.new_zeros(1)])
+        ts = sde.t_from_sigma(edm_sigmas(n + 1, s_lo, s_hi, rho)).to(torch.float64)
+        ts[0], ts[-1] = sde.T, t_end
+        return ts
+    raise UsageError(f"unknown time grid {kind!r}; use 'uniform' or 'karras'")
+
+
+def reverse_em_step(rev, x: Tensor, t: float, h: float, add_noise: bool, generator) -> Tensor:
+    """One Euler–Maruyama step of the reverse SDE ``rev`` from ``t`` to ``t + h`` (``h < 0``)."""
+    drift, g = rev.sde(x, t)
+    x = x + drift * h
+    if add_noise:
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + bcast(g, x) * math.sqrt(-h) * z
+    return x
+
+
+def pf_velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, float], Tensor]:
+    """``dx/dt = f(x, t) − ½ g(t)² ∇log p_t(x)`` (probability-flow ODE, Song et al. 2021 Eq. 13)."""
+    rev = sde.reverse(score_fn, probability_flow=True)
+    return lambda x, t: rev.sde(x, t)[0]
+
+
+Velocity = Callable[[Tensor, float], Tensor]
+"""``velocity(x, t) -> dx/dt`` at one time ``t`` (a float) for the whole batch ``x``."""
+
+
+def euler_steps(velocity: Velocity, x: Tensor, ts: Tensor) -> Iterator[Step]:
+    """Explicit Euler on ``dx/dt = velocity(x, t)`` along the grid ``ts`` (either direction):
+    ``x ← x + h v(x, t)``, ``h = t_{i+1} − t_i``; one evaluation per step."""
+    yield Step(0, float(ts[0]), x)
+    for i in range(len(ts) - 1):
+        t, h = float(ts[i]), float(ts[i + 1] - ts[i])
+        x = x + h * velocity(x, t)
+        yield Step(i + 1, float(ts[i + 1]), x)
+
+
+def heun_steps(velocity: Velocity, x: Tensor, ts: Tensor, *, euler_last: bool = False) -> Iterator[Step]:
+    """Heun's method (explicit trapezoid, second order) on ``dx/dt = velocity(x, t)`` along
+    ``ts`` (either direction): ``x' = x + h v(x, t)``, then
+    ``x ← x + h/2 (v(x, t) + v(x', t + h))``. With ``euler_last`` the last step stays an Euler
+    step (for a ``velocity`` that is singular at the last time)."""
+    yield Step(0, float(ts[0]), x)
+    n = len(ts) - 1
+    for i in range(n):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        h = t_next - t
+        d = velocity(x, t)
+        x_euler = x + h * d
+        x = x_euler if euler_last and i == n - 1 else x + 0.5 * h * (d + velocity(x_euler, t_next))
+        yield Step(i + 1, t_next, x)
+
+
+class CountingScore:
+    """Wrap a score function and count network evaluations (NFE), one per batched call."""
+
+    def __init__(self, score_fn: ScoreFn):
+        self.score_fn, self.nfe = score_fn, 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
