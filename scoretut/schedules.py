@@ -35,7 +35,7 @@ at integer times, and every sampler of :mod:`scoretut.sampling` runs on it uncha
 ``eps_model(x, t)`` with :func:`scoretut.parametrisation.score_from_noise_model` (``∇log p_t = −ε̂/√(1−ᾱ_t)``); the samplers recover
 ``ε̂ = −√(1−ᾱ_t)·score`` from it, so ``eps_model`` is what they effectively use. A guided model
 (classifier-free guidance, ``ε̂ = ε(x, t, ∅) + w (ε(x, t, y) − ε(x, t, ∅))``, the convention of
-:mod:`scoretut.image_ddpm`) is just another ``eps_model``.
+:mod:`scoretut.pipelines.images`) is just another ``eps_model``.
 Train it with :class:`scoretut.losses.DSMLoss` on ``DiscreteVP`` with ``t_grid=sde.train_grid()``
 (uniform integer ``t``; with the default ``λ = std²`` this is ``‖ε − ε̂‖²``, Ho et al. 2020, Eq. 14).
 """
