@@ -257,11 +257,10 @@ def fit(data: Tensor, steps: int, *, seed: int = 0, init: nn.Module | None = Non
 
     ``init`` continues from a copy of a trained model (as reflow does); otherwise a fresh
     :func:`velocity_net` with the sizes ``net`` is built. ``training`` overrides the
-    optimiser settings of the 2-D recipe (:data:`scoretut.pipelines.toy2d.DEFAULT_TRAINING`, with the
+    optimiser settings of the 2-D recipe (:data:`scoretut.train.DEFAULT_TRAINING`, with the
     cosine decay over ``steps``).
     """
-    from scoretut.pipelines.toy2d import DEFAULT_TRAINING
-    from scoretut.train import TrainConfig, train
+    from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
 
     torch.manual_seed(seed)
     model = copy.deepcopy(init) if init is not None else velocity_net(**(net or {}))

@@ -501,6 +501,11 @@ class GammaSDE(SDE):
     def __init__(self, schedule: NoiseSchedule):
         self.schedule, self.T, self.t_min = schedule, 1.0, 0.0
 
+    @classmethod
+    def linear(cls, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX) -> "GammaSDE":
+        """VDM's fixed schedule, ``γ(t) = γ_min + (γ_max − γ_min) t`` (:class:`LinearSchedule`)."""
+        return cls(LinearSchedule(gamma_min, gamma_max))
+
     def beta(self, t: Tensor) -> Tensor:
         """``β(t) = γ'(t) sigmoid(γ(t))``."""
         g, dg = self.schedule.gamma_and_derivative(ftensor(t))

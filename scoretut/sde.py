@@ -338,5 +338,3 @@ def simulate(
         path.append(x)
     return torch.stack(path)
 
-
-SDES: dict[str, type[SDE]] = {"ou": OU, "vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}

@@ -1,12 +1,18 @@
 """Closed-form marginals of every SDE against an Euler–Maruyama simulation of ``sde()``."""
 
+import importlib
+import inspect
 import math
+import pkgutil
 
 import pytest
 import torch
 
 from scoretut.errors import UsageError
-from scoretut.sde import EDMSDE, OU, SubVPSDE, VESDE, VPSDE, as_time, simulate
+import scoretut
+from scoretut.schedules import GammaSDE
+from scoretut.sde import EDMSDE, OU, SDE, SubVPSDE, VESDE, VPSDE, as_time, simulate
+from scoretut.sde_registry import SDES as REGISTRY
 
 SDES = {
     "ou": (OU(), [0.5, 2.0, 6.0]),
@@ -109,3 +115,25 @@ def test_reverse_drift_and_probability_flow():
     drift, diff = sde.reverse(score, probability_flow=True).sde(x, t)
     assert torch.allclose(drift, f - 0.5 * g[:, None] ** 2 * score(x, t))
     assert torch.all(diff == 0)
+
+
+def test_the_registry_builds_every_sde_subclass_of_the_package():
+    for module in pkgutil.walk_packages(scoretut.__path__, "scoretut."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+
+    def subclasses(cls):
+        return {c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))}
+
+    defined = {c for c in subclasses(SDE) if c.__module__.startswith("scoretut.") and not inspect.isabstract(c)}
+    built = {name: make() for name, make in REGISTRY.items()}
+    assert all(isinstance(sde, SDE) for sde in built.values())
+    assert len(defined) >= 8 and defined <= {type(sde) for sde in built.values()}, defined
+
+
+def test_gamma_sde_linear_is_vdm_linear_schedule():
+    """``std² = sigmoid(γ)`` and ``scale² = sigmoid(−γ)`` with ``γ(t) = γ₀ + (γ₁ − γ₀) t``."""
+    sde, t = GammaSDE.linear(-5.0, 7.0), torch.linspace(0, 1, 11, dtype=torch.float64)
+    gamma = -5.0 + 12.0 * t
+    assert torch.allclose(sde.std(t) ** 2, torch.sigmoid(gamma), rtol=1e-6)
+    assert torch.allclose(sde.scale(t) ** 2, torch.sigmoid(-gamma), rtol=1e-6)

@@ -16,8 +16,8 @@ import torch
 from gaussian import w2_to_data
 
 from scoretut.errors import UsageError
-from scoretut.sde import SDES, bcast
-from scoretut.pipelines.toy2d import DEFAULT_RECIPE, build, generate, make_loss, recipe_with
+from scoretut.sde import bcast
+from scoretut.pipelines.toy2d import DEFAULT_RECIPE, SDE_NAMES, build, generate, make_loss, recipe_with
 from scoretut.sampling import nfe_per_step
 
 
@@ -29,7 +29,7 @@ def exact_gaussian_score(sde, sigma_data):
     return score
 
 
-@pytest.mark.parametrize("sde", sorted(SDES))
+@pytest.mark.parametrize("sde", sorted(SDE_NAMES))
 def test_untrained_edm_model_has_the_exact_gaussian_score_under_every_sde(sde):
     recipe = recipe_with({"sde": sde, "sde_args": {}, "sigma_data": 1.5})
     model = build(recipe).double()

@@ -30,7 +30,9 @@ from scoretut.nets.mlp import ScoreMLP
 from scoretut.parametrisation import EDMPrecond, score_from_denoiser
 from scoretut.runtime import resolve_device
 from scoretut.sampling import CountingScore, get_sampler, sample, timesteps
-from scoretut.sde import SDE, SDES, as_time, bcast
+from scoretut.sde import SDE, as_time, bcast
+from scoretut.sde_registry import SDES
+from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "data": "swiss_roll",
@@ -48,21 +50,19 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 """The default 2D recipe. ``steps`` is the number of sampler steps (Heun: 2·steps − 1 NFE)."""
 
-DEFAULT_TRAINING: dict[str, Any] = {"batch_size": 1024, "lr": 4e-3, "warmup": 50, "decay_steps": 1000,
-                                     "lr_floor": 0.05, "ema_decay": 0.99}
-"""Optimiser settings of the default recipe (see :class:`scoretut.train.TrainConfig`): a 50-step
-warm-up to 4e-3, then a cosine down to 2e-4 at step 1,000, where it stays. The horizon is fixed
-(not the number of training steps), so a run resumed to more steps follows the same schedule; on the swiss roll
-the decay brought CD from 1.07× to 1.02× its floor at 1,000 steps in one run of
-``benchmarks/toy_swiss_roll.py`` (the sampling-seed spread is ±0.08, so rerun it to see yours)."""
 
 PARAMS = ("edm", "score")
 
+SDE_NAMES = ("ou", "vp", "subvp", "ve", "edm")
+"""The SDEs a 2D recipe may name: the continuous ones of :mod:`scoretut.sde`, built from
+:data:`scoretut.sde_registry.SDES`."""
+
+
 def make_sde(recipe: dict[str, Any]) -> SDE:
-    """The recipe's forward SDE."""
+    """The recipe's forward SDE, ``SDES[recipe["sde"]](**recipe["sde_args"])``."""
     name = recipe["sde"]
-    if name not in SDES:
-        raise UsageError(f"unknown SDE {name!r}; choose one of: {', '.join(SDES)}")
+    if name not in SDE_NAMES:
+        raise UsageError(f"unknown SDE {name!r}; choose one of: {', '.join(SDE_NAMES)}")
     return SDES[name](**recipe.get("sde_args", {}))
 
 
@@ -140,8 +140,6 @@ def training_data(recipe: dict[str, Any], seed: int) -> Tensor:
 def training_config(steps: int, seed: int = 0, progress: bool = False, **training):
     """The :class:`scoretut.train.TrainConfig` of :func:`fit`: :data:`DEFAULT_TRAINING` with the
     ``training`` overrides (it raises :class:`UsageError` for settings that cannot train)."""
-    from scoretut.train import TrainConfig
-
     options = {**DEFAULT_TRAINING, "log_every": max(1, min(50, steps)), **training}
     return TrainConfig(steps=steps, seed=seed, progress=progress, **options)
 
@@ -154,8 +152,6 @@ def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, 
     ``ckpt_every``...). The recipe is stored in the checkpoint, so ``scoretut toy sample`` can
     rebuild the model from it alone. ``device=None`` means :func:`scoretut.default_device`.
     """
-    from scoretut.train import train
-
     recipe = recipe or DEFAULT_RECIPE
     cfg = training_config(steps, seed, progress, **training)
     torch.manual_seed(seed)
