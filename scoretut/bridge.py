@@ -43,7 +43,7 @@ from scoretut.couplings import (  # noqa: F401  (the bridge's couplings, re-expo
 from scoretut.errors import UsageError
 from scoretut.flow import LinearPath, velocity_net
 from scoretut.losses import sample_times
-from scoretut.sampling import Step, heun_steps
+from scoretut.sampling import Step, gaussian_noise, heun_steps
 from scoretut.sde import bcast
 
 T_EPS = 1e-3
@@ -178,8 +178,7 @@ def integrate(model: BridgeModel, x: Tensor, *, reverse: bool = False, steps: in
         drift = model.velocity(x, tt(t)) + sign * 0.5 * model.sigma**2 * model.score(x, tt(t))
         x = x + h * drift
         if i < steps - 1:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + model.sigma * math.sqrt(abs(h)) * z
+            x = x + model.sigma * math.sqrt(abs(h)) * gaussian_noise(x, generator)
         yield Step(i + 1, t_next, x)
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from scoretut.data.toy2d import GaussianMixture2D
 from scoretut.errors import UsageError
-from scoretut.sampling import Step, langevin_correct, reverse_em_step
+from scoretut.sampling import Step, gaussian_noise, langevin_correct, reverse_em_step
 from scoretut.sde import SDE, ScoreFn, as_time, bcast
 
 LogLikelihood = Callable[[Tensor, Tensor], Tensor]
@@ -126,8 +126,7 @@ def replacement_imputation(
     def replace(x: Tensor, t: float, noise: bool) -> Tensor:
         mean, std = sde.marginal_prob(known, t)
         if noise:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            mean = mean + bcast(std, x) * z
+            mean = mean + bcast(std, x) * gaussian_noise(x, generator)
         return (1 - mask) * x + mask * mean
 
     x = replace(x, float(ts[0]), True)

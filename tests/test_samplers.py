@@ -7,7 +7,7 @@ import torch
 
 from gaussian import MEAN, exact_flow, exact_score, w2_to_data
 from scoretut.errors import UsageError
-from scoretut.sampling import CountingScore, SAMPLERS, get_sampler, ode_euler, ode_heun, ode_rk45, sample, timesteps
+from scoretut.sampling import CountingScore, SAMPLERS, gaussian_noise, get_sampler, ode_euler, ode_heun, ode_rk45, sample, timesteps
 from scoretut.schedules import edm_sigmas
 from scoretut.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
 
@@ -184,3 +184,12 @@ def test_langevin_corrector_step_is_scaled_by_alpha():
     c = langevin_correct(score, x, t, 0.16, 2, torch.Generator().manual_seed(1))
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
     assert not torch.allclose(a, c)
+
+
+def test_gaussian_noise_is_a_standard_normal_draw_shaped_like_x():
+    x = torch.zeros(50_000, 2, dtype=torch.float64)
+    z = gaussian_noise(x, torch.Generator().manual_seed(0))
+    assert z.shape == x.shape and z.dtype == x.dtype
+    assert torch.equal(z, torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype))
+    n = x.numel()
+    assert abs(z.mean().item()) < 4 / math.sqrt(n) and abs(z.var().item() - 1) < 4 * math.sqrt(2 / n)

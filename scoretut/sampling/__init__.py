@@ -22,8 +22,8 @@ from torch import Tensor
 
 from scoretut.errors import UsageError
 from scoretut.sampling.ancestral import ddim, ddpm
-from scoretut.sampling.core import (CountingScore, Sampler, Step, Velocity, euler_steps, heun_steps, pf_velocity,
-                                    reverse_em_step, timesteps)
+from scoretut.sampling.core import (CountingScore, Sampler, Step, Velocity, euler_steps, gaussian_noise, heun_steps,
+                                    pf_velocity, reverse_em_step, timesteps)
 from scoretut.sampling.langevin import annealed_langevin, langevin
 from scoretut.sampling.ode_solvers import edm_sampler, ode_euler, ode_heun, ode_rk45
 from scoretut.sampling.sde_solvers import corrector_alpha, euler_maruyama, langevin_correct, predictor_corrector

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
-from scoretut.sampling.core import Step
+from scoretut.sampling.core import Step, gaussian_noise
 from scoretut.schedules import gaussian_posterior
 from scoretut.sde import SDE, ScoreFn, as_time
 
@@ -72,10 +72,6 @@ def _predict(score_fn: ScoreFn, x: Tensor, t: float, a_t: float, sd_t: float, cl
     return eps, x0
 
 
-def _noise(x: Tensor, generator) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
 def _check_grid(ts: Tensor) -> Tensor:
     ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.ndim != 1 or len(ts) < 2 or bool((ts[1:] >= ts[:-1]).any()):
@@ -109,7 +105,7 @@ def ddpm(
         x_next = c.c0 * x0 + c.ct * x
         if c.sd_s > 0:  # β = σ_t² − a² σ_s², a = α_t/α_s: the variance of the forward step s → t
             var = c.sd_t**2 - (c.a_t / c.a_s) ** 2 * c.sd_s**2 if variance == "beta" else c.var
-            x_next = x_next + math.sqrt(var) * _noise(x, generator)
+            x_next = x_next + math.sqrt(var) * gaussian_noise(x, generator)
         x = x_next
         yield Step(i + 1, s, x)
 
@@ -140,5 +136,5 @@ def ddim(
         sigma = eta * math.sqrt(c.var)
         x = c.a_s * x0 + math.sqrt(max(c.sd_s**2 - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * _noise(x, generator)
+            x = x + sigma * gaussian_noise(x, generator)
         yield Step(i + 1, s, x)

@@ -1,5 +1,5 @@
-"""The shared sampling interface: :class:`Step`, time grids, NFE counting, one reverse-SDE
-Euler–Maruyama step (:func:`reverse_em_step`), the probability-flow velocity (:func:`pf_velocity`)
+"""The shared sampling interface: :class:`Step`, time grids, NFE counting, the one Gaussian draw
+of every sampler (:func:`gaussian_noise`), one reverse-SDE Euler–Maruyama step (:func:`reverse_em_step`), the probability-flow velocity (:func:`pf_velocity`)
 and the steppers :func:`euler_steps` and :func:`heun_steps` (``velocity(x, t)`` along any grid),
 which every ODE solver, flow matching and the Schrödinger bridge use: the package has one Heun.
 
@@ -58,13 +58,18 @@ def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: 
     raise UsageError(f"unknown time grid {kind!r}; use 'uniform' or 'karras'")
 
 
+def gaussian_noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``z ~ N(0, I)`` of ``x``'s shape, dtype and device, one ``torch.randn`` draw from
+    ``generator`` (``None``: the global torch RNG). Every sampler draws its noise here."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
 def reverse_em_step(rev, x: Tensor, t: float, h: float, add_noise: bool, generator) -> Tensor:
     """One Euler–Maruyama step of the reverse SDE ``rev`` from ``t`` to ``t + h`` (``h < 0``)."""
     drift, g = rev.sde(x, t)
     x = x + drift * h
     if add_noise:
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = x + bcast(g, x) * math.sqrt(-h) * z
+        x = x + bcast(g, x) * math.sqrt(-h) * gaussian_noise(x, generator)
     return x
 
 

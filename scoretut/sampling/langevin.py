@@ -35,13 +35,13 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
-from scoretut.sampling.core import Step
+from scoretut.sampling.core import Step, gaussian_noise
 from scoretut.sde import SDE, ScoreFn, as_time
 
 
 def _langevin_step(score_fn: ScoreFn, x: Tensor, t: Tensor, alpha: float, generator) -> Tensor:
     """``x + α ∇log p_t(x) + √(2α) z``."""
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z = gaussian_noise(x, generator)  # drawn before the score, as always (same random stream)
     return x + alpha * score_fn(x, t) + math.sqrt(2 * alpha) * z
 
 

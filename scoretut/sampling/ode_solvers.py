@@ -15,7 +15,7 @@ from torch import Tensor
 
 from scoretut.errors import UsageError
 from scoretut.parametrisation import denoiser_from_score
-from scoretut.sampling.core import Step, euler_steps, heun_steps, pf_velocity
+from scoretut.sampling.core import Step, euler_steps, gaussian_noise, heun_steps, pf_velocity
 from scoretut.sde import SDE, ScoreFn
 
 
@@ -161,8 +161,7 @@ def edm_sampler(
         if gamma > 0:
             sigma_hat = sigma * (1 + gamma)
             t_hat = float(sde.t_from_sigma(torch.tensor(sigma_hat, dtype=torch.float64)))
-            z = torch.randn(x_hat.shape, generator=generator, dtype=x_hat.dtype, device=x_hat.device)
-            x_hat = x_hat + S_noise * math.sqrt(sigma_hat**2 - sigma**2) * z
+            x_hat = x_hat + S_noise * math.sqrt(sigma_hat**2 - sigma**2) * gaussian_noise(x_hat, generator)
         time_of = {sigma_hat: t_hat, sigma_next: t_next}
         d = lambda y, s: (y - denoiser_from_score(sde, score_fn, y, time_of[s])) / s  # noqa: E731
         grid = torch.tensor([sigma_hat, sigma_next], dtype=torch.float64)

@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from scoretut.sampling.core import Step, reverse_em_step
+from scoretut.sampling.core import Step, gaussian_noise, reverse_em_step
 from scoretut.sde import SDE, ScoreFn, as_time
 
 
@@ -40,7 +40,7 @@ def langevin_correct(
     """
     for _ in range(n_steps):
         grad = score_fn(x, t)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = gaussian_noise(x, generator)
         grad_norm = grad.flatten(1).norm(dim=1).mean().clamp_min(1e-12)
         noise_norm = z.flatten(1).norm(dim=1).mean()
         step = 2 * alpha * (snr * noise_norm / grad_norm) ** 2
