@@ -43,7 +43,7 @@ def evaluate(model, sampler: str, n: int, seeds: list[int], **kw) -> dict:
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        x, nfe = generate(model, n, sampler=sampler, seed=seed, **kw)
+        x, nfe, _ = generate(model, DEFAULT_RECIPE, n, sampler=sampler, seed=seed, **kw)
         runs.append({"nfe": nfe, "sample_s": time.perf_counter() - start,
                      **evaluate_samples(x, "swiss_roll", seed=seed)})  # fmt: skip
     out = {"sampler": sampler, "runs": runs}

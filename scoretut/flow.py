@@ -47,7 +47,7 @@ from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.nets import ScoreMLP
 from scoretut.runtime import default_device
-from scoretut.sampling import Step, euler_steps, heun_steps
+from scoretut.sampling import CountingScore, Generated, Step, euler_steps, heun_steps, run_steps
 from scoretut.sde import SDE, ScoreFn, as_time, bcast, ftensor
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -310,17 +310,22 @@ def noise(n: int, seed: int, dim: int = 2, device=None) -> Tensor:
     return z.to(device or default_device())
 
 
-def generate(model: nn.Module, n: int, nfe: int, solver: str = "euler", *, seed: int = 0,
-             device=None) -> Tensor | None:  # fmt: skip
-    """``n`` 2-D samples ``(n, 2)`` from noise drawn with ``seed``, with the most steps of
-    ``solver`` that cost at most ``nfe`` evaluations; ``None`` if not one step fits."""
+def generate(model: nn.Module, n: int, *, nfe: int, solver: str = "euler", seed: int = 0, device=None,
+             trajectory_every: int | None = None) -> Generated:  # fmt: skip
+    """``n`` 2-D samples ``(n, 2)`` from noise drawn with ``seed``, carried by the most steps of
+    ``solver`` that cost at most ``nfe`` evaluations, ``⌊nfe / SOLVERS[solver]⌋``: a
+    :class:`~scoretut.sampling.Generated` with the samples, the NFE spent and, with
+    ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last (on the CPU)."""
     if solver not in SOLVERS:
         raise UsageError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     steps = nfe // SOLVERS[solver]
     if steps < 1:
-        return None
+        cost = SOLVERS[solver]
+        raise UsageError(f"{nfe} evaluations buy no {solver} step ({cost} each); give `nfe` >= {cost}")
     device = device or next(model.parameters()).device
-    return transport(model.eval(), noise(n, seed, 2, device), steps, solver)
+    velocity = CountingScore(model.eval())
+    x, trajectory = run_steps(integrate(velocity, noise(n, seed, 2, device), steps, solver), trajectory_every)
+    return Generated(x, velocity.nfe, trajectory)
 
 
 def reflow_pairs(model: nn.Module, n: int, *, seed: int = 0, steps: int = 32, solver: str = "heun",

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.parametrisation import PREDICTIONS, noise_from_prediction, score_from_noise
-from scoretut.sampling import Step, get_sampler, sample, timesteps
+from scoretut.sampling import CountingScore, Generated, get_sampler, run_steps, timesteps
 from scoretut.schedules import GammaSDE, NoiseSchedule, alpha_sigma
 from scoretut.sde import as_time, bcast, ftensor
 
@@ -285,11 +285,12 @@ def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
 
 # -- sampling ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed: int = 0,
-             trajectory: bool = False, dim: int = 2) -> Tensor | list[Step]:  # fmt: skip
-    """Draw ``n`` samples by running ``sampler`` (default Euler–Maruyama on the reverse SDE of
-    :class:`GammaSDE`) over ``steps`` uniform steps from ``t = 1`` to ``0``, starting at
-    ``N(0, I)``. With ``trajectory`` return every :class:`~scoretut.sampling.Step`."""
+def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed: int = 0, dim: int = 2,
+             trajectory_every: int | None = None) -> Generated:  # fmt: skip
+    """Draw ``n`` samples ``(n, dim)`` by running ``sampler`` (default Euler–Maruyama on the
+    reverse SDE of :class:`GammaSDE`) over ``steps`` uniform steps from ``t = 1`` to ``0``,
+    starting at ``N(0, I)``: a :class:`~scoretut.sampling.Generated` with the samples, the NFE
+    and, with ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last (on the CPU)."""
     if n <= 0 or steps <= 0:
         raise UsageError(f"need a positive number of samples and steps, got n={n}, steps={steps}")
     device = next(model.parameters()).device
@@ -297,9 +298,9 @@ def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed:
     sde = model.sde
     x = sde.prior_sampling((n, dim), generator=gen, device=device)
     ts = timesteps(sde, steps)
-    if trajectory:
-        return [Step(s.i, s.t, s.x.cpu()) for s in get_sampler(sampler)(sde, model, x, ts, generator=gen)]
-    return sample(sampler, sde, model, x, ts, generator=gen)
+    score = CountingScore(model)
+    x, trajectory = run_steps(get_sampler(sampler)(sde, score, x, ts, generator=gen), trajectory_every)
+    return Generated(x, score.nfe, trajectory)
 
 
 # -- Gaussian data ----------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_entry_points_read_the_environment(monkeypatch):
     """device=None really consults SCORETUT_DEVICE: a bad value reaches every entry point."""
     monkeypatch.setenv("SCORETUT_DEVICE", "bogus")
     model = toy2d.build(toy2d.DEFAULT_RECIPE)
-    for call in (lambda: toy2d.generate(model, 10),
+    for call in (lambda: toy2d.generate(model, toy2d.DEFAULT_RECIPE, 10),
                  lambda: toy2d.fit(toy2d.DEFAULT_RECIPE, steps=1),
                  lambda: sampler_comparison.prior_draw(VPSDE(), 100, seed=0),
                  lambda: images.gpu_options()):  # fmt: skip
@@ -80,7 +80,7 @@ def test_outputs_live_on_the_requested_device(monkeypatch):
     want = torch.device("cpu")
     result = toy2d.fit(toy2d.DEFAULT_RECIPE, steps=2, batch_size=64)
     assert {p.device for p in result.ema.parameters()} == {want}
-    x, nfe = toy2d.generate(result.ema, 200, steps=3)
+    x, nfe, _ = toy2d.generate(result.ema, toy2d.DEFAULT_RECIPE, 200, steps=3)
     assert x.device == want and x.shape == (200, 2) and nfe > 0
     assert sampler_comparison.prior_draw(VPSDE(), 200, seed=0).device == want
     # the samplers follow their input's device
@@ -90,7 +90,7 @@ def test_outputs_live_on_the_requested_device(monkeypatch):
     assert y.device == want
     # VDM samples on its model's device
     m = vdm.VDM(ScoreMLP(dim=2, hidden=8, depth=1), schedules.LinearSchedule())
-    assert vdm.generate(m, 20, steps=3).device == want
+    assert vdm.generate(m, 20, steps=3).x.device == want
     # image DDPM: the network runs on the device, images come back on the host
     recipe = images.make_recipe(["a", "b"], 8, "tiny")
     net = images.build(recipe)

@@ -231,7 +231,9 @@ def test_flow_trained_on_a_gaussian_moves_mean_and_covariance(coupled):
         data = coupled_pairs(flow.noise(8192, 11, device="cpu"), data, 8192, batch_size=256, seed=0)
     res = flow.fit(data, 400, seed=0, net={"hidden": 64, "depth": 2, "emb_dim": 32}, batch_size=256,
                    lr=3e-3, ema_decay=0.98, device="cpu")
-    x = flow.generate(res.ema, 8000, 40, "heun", seed=1).double()
+    x, nfe, _ = flow.generate(res.ema, 8000, nfe=40, solver="heun", seed=1)
+    x = x.double()
+    assert nfe == 40
     torch.testing.assert_close(x.mean(0), M, atol=0.08, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), C, atol=0.08, rtol=0)
 
@@ -255,4 +257,5 @@ def test_bad_inputs_raise_usage_errors():
         flow.PathSDE(t_start=0.0)
     with pytest.raises(UsageError):
         flow.noise(0, 0)
-    assert flow.generate(model, 10, 1, "heun") is None
+    with pytest.raises(UsageError, match="no heun step"):
+        flow.generate(model, 10, nfe=1, solver="heun")

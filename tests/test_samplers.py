@@ -7,7 +7,8 @@ import torch
 
 from gaussian import MEAN, exact_flow, exact_score, w2_to_data
 from scoretut.errors import UsageError
-from scoretut.sampling import CountingScore, SAMPLERS, gaussian_noise, get_sampler, ode_euler, ode_heun, ode_rk45, sample, timesteps
+from scoretut.sampling import (CountingScore, SAMPLERS, Step, gaussian_noise, get_sampler, ode_euler, ode_heun, ode_rk45,
+                               run_steps, sample, timesteps)
 from scoretut.schedules import edm_sigmas
 from scoretut.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
 
@@ -193,3 +194,15 @@ def test_gaussian_noise_is_a_standard_normal_draw_shaped_like_x():
     assert torch.equal(z, torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype))
     n = x.numel()
     assert abs(z.mean().item()) < 4 / math.sqrt(n) and abs(z.var().item() - 1) < 4 * math.sqrt(2 / n)
+
+
+def test_run_steps_keeps_every_kth_state_and_the_last():
+    steps = lambda: (Step(i, 1.0 - i / 6, torch.full((2,), float(i))) for i in range(7))  # noqa: E731
+    x, none = run_steps(steps())
+    assert torch.equal(x, torch.full((2,), 6.0)) and none is None
+    for every, kept in ((1, range(7)), (3, (0, 3, 6)), (4, (0, 4, 6)), (10, (0, 6))):
+        x, trajectory = run_steps(steps(), every)
+        assert [float(x[0]) for _, x in trajectory] == list(map(float, kept))
+        assert [t for t, _ in trajectory] == [1.0 - i / 6 for i in kept]
+    with pytest.raises(UsageError, match="trajectory_every"):
+        run_steps(steps(), 0)

@@ -50,11 +50,11 @@ def test_score_parametrisation_divides_the_network_by_std():
 
 def test_sampling_the_untrained_model_returns_the_gaussian_it_encodes():
     model = build(recipe_with({"sigma_data": 2.0}))
-    x, nfe = generate(model, 20_000, seed=0)
+    x, nfe, _ = generate(model, DEFAULT_RECIPE, 20_000, seed=0)
     assert nfe == 2 * DEFAULT_RECIPE["steps"] - 1  # Heun on the EDM grid: the last step is Euler
     target = dict(mean=torch.zeros(2, dtype=torch.float64), cov=4.0 * torch.eye(2, dtype=torch.float64))
     coarse = w2_to_data(x, **target)
-    fine = w2_to_data(generate(model, 20_000, seed=0, steps=100)[0], **target)
+    fine = w2_to_data(generate(model, DEFAULT_RECIPE, 20_000, seed=0, steps=100).x, **target)
     # 18 Heun steps overshoot the std by ~3% on this Gaussian; 100 steps reach Monte-Carlo noise
     assert coarse < 0.1 and fine < 0.04 and fine < coarse / 2, (coarse, fine)
 
@@ -62,14 +62,19 @@ def test_sampling_the_untrained_model_returns_the_gaussian_it_encodes():
 @pytest.mark.parametrize("sampler", ["em", "pc", "ode_euler", "ode_heun", "ode_rk45"])
 def test_generate_is_seeded_and_counts_network_evaluations(sampler):
     model = build(DEFAULT_RECIPE)
-    a, nfe = generate(model, 50, sampler=sampler, steps=6, seed=3)
-    b, _ = generate(model, 50, sampler=sampler, steps=6, seed=3)
-    assert torch.equal(a, b) and a.shape == (50, 2) and torch.isfinite(a).all()
+    a, nfe, none = generate(model, DEFAULT_RECIPE, 50, sampler=sampler, steps=6, seed=3)
+    b = generate(model, DEFAULT_RECIPE, 50, sampler=sampler, steps=6, seed=3).x
+    assert torch.equal(a, b) and a.shape == (50, 2) and torch.isfinite(a).all() and none is None
     if nfe_per_step(sampler) is not None:
         assert nfe <= nfe_per_step(sampler) * 6 and nfe >= 6
-    states, nfe_traj = generate(model, 50, sampler=sampler, steps=6, seed=3, trajectory=True)
-    assert torch.equal(states[-1][1], a) and nfe_traj == nfe
+    every = generate(model, DEFAULT_RECIPE, 50, sampler=sampler, steps=6, seed=3, trajectory_every=1)
+    assert torch.equal(every.x, a) and torch.equal(every.trajectory[-1][1], a) and every.nfe == nfe
+    states = every.trajectory
     assert states[0][0] > states[-1][0]  # time runs backwards
+    thinned = generate(model, DEFAULT_RECIPE, 50, sampler=sampler, steps=6, seed=3, trajectory_every=4).trajectory
+    keep = states[::4] if (len(states) - 1) % 4 == 0 else states[::4] + states[-1:]
+    assert [t for t, _ in thinned] == [t for t, _ in keep]  # every 4th state and the last
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(thinned, keep))
 
 
 def test_a_copy_of_the_model_uses_its_own_weights():
@@ -102,6 +107,8 @@ def test_the_edm_loss_of_the_recipe_trains_the_denoiser():
 def test_bad_generation_requests():
     model = build(DEFAULT_RECIPE)
     with pytest.raises(UsageError, match="positive"):
-        generate(model, 0)
+        generate(model, DEFAULT_RECIPE, 0)
     with pytest.raises(UsageError, match="choose one of"):
-        generate(model, 5, sampler="nope")
+        generate(model, DEFAULT_RECIPE, 5, sampler="nope")
+    with pytest.raises(UsageError, match="trajectory_every"):
+        generate(model, DEFAULT_RECIPE, 5, trajectory_every=0)

@@ -305,11 +305,13 @@ def test_generate_with_the_optimal_denoiser_reaches_the_gaussian():
     # through to the data, so it gets a schedule with a smaller SNR(1).
     for sampler, gamma_max in (("em", schedules.GAMMA_MAX), ("ode_heun", 10.0)):
         model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), schedules.LinearSchedule(schedules.GAMMA_MIN, gamma_max))
-        x = vdm.generate(model, 8000, steps=200, sampler=sampler, seed=0)
+        x = vdm.generate(model, 8000, steps=200, sampler=sampler, seed=0).x
         torch.testing.assert_close(x.mean(0), MEAN, atol=0.06, rtol=0)
         torch.testing.assert_close(torch.cov(x.T), VAR * torch.eye(2), atol=0.12, rtol=0)
-    traj = vdm.generate(model, 100, steps=10, trajectory=True)
-    assert len(traj) == 11 and traj[0].t == 1.0 and traj[-1].t == 0.0
+    out = vdm.generate(model, 100, steps=10, trajectory_every=1)
+    traj = out.trajectory
+    assert len(traj) == 11 and traj[0][0] == 1.0 and traj[-1][0] == 0.0 and out.nfe == 10  # em: 1 per step
+    assert torch.equal(traj[-1][1], out.x)
 
 
 def test_bad_inputs_raise_usage_errors():

@@ -125,7 +125,7 @@ def cmd_sample(args) -> int:
     out = args.out if args.out.suffix == ".npy" else args.out.with_suffix(args.out.suffix + ".npy")
     writable_dir(out.parent if str(out.parent) else Path("."), "--out")
     start = time.perf_counter()
-    x, nfe = generate(model, args.n, sampler=name, steps=steps, seed=args.seed, device=device, recipe=recipe)
+    x, nfe, _ = generate(model, recipe, args.n, sampler=name, steps=steps, seed=args.seed, device=device)
     atomic_write(out, lambda p: np.save(p, x.cpu().numpy().astype(np.float32)))
     print(json.dumps({"samples": str(out), "n": args.n, "sampler": name, "steps": steps, "nfe": nfe,
                       "seconds": round(time.perf_counter() - start, 2)}))  # fmt: skip

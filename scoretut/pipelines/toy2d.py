@@ -29,7 +29,7 @@ from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
 from scoretut.nets.mlp import ScoreMLP
 from scoretut.parametrisation import EDMPrecond, score_from_denoiser
 from scoretut.runtime import resolve_device
-from scoretut.sampling import CountingScore, get_sampler, sample, timesteps
+from scoretut.sampling import CountingScore, Generated, get_sampler, run_steps, timesteps
 from scoretut.sde import SDE, as_time, bcast
 from scoretut.sde_registry import SDES
 from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
@@ -176,6 +176,7 @@ def load(path, *, ema: bool = True) -> tuple[ToyScoreModel, dict[str, Any]]:
 @torch.no_grad()
 def generate(
     model: ToyScoreModel,
+    recipe: dict[str, Any],
     n: int,
     *,
     sampler: str | None = None,
@@ -183,18 +184,17 @@ def generate(
     grid: str | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
-    recipe: dict[str, Any] | None = None,
-    trajectory: bool = False,
+    trajectory_every: int | None = None,
     **options,
-) -> tuple[Tensor, int] | tuple[list[tuple[float, Tensor]], int]:
-    """Draw ``n`` samples; return ``(samples (n, dim), NFE)``.
+) -> Generated:
+    """Draw ``n`` samples ``(n, dim)`` from ``model`` built with ``recipe``: a
+    :class:`~scoretut.sampling.Generated` with the samples, the NFE and, with
+    ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last (on the CPU).
 
     ``sampler``, ``steps`` and ``grid`` default to the recipe's (the grid belongs to the SDE:
-    the ρ = 7 noise levels for the EDM SDE, uniform times for the others). With ``trajectory=True`` the
-    first element is the list of ``(t, x)`` states instead (on the CPU). The samples are on
-    ``device`` (``None``: :func:`scoretut.default_device`).
+    the ρ = 7 noise levels for the EDM SDE, uniform times for the others); ``options`` go to the
+    sampler. The samples are on ``device`` (``None``: :func:`scoretut.default_device`).
     """
-    recipe = recipe or DEFAULT_RECIPE
     if n <= 0:
         raise UsageError(f"the number of samples must be positive, got `n` {n}")
     name = sampler or recipe["sampler"]
@@ -209,7 +209,5 @@ def generate(
     x = sde.prior_sampling((n, dim), generator=gen, device=device)
     model = model.to(device).eval()
     score = CountingScore(model)
-    if trajectory:
-        states = [(s.t, s.x.cpu()) for s in fn(sde, score, x, ts, generator=gen, **options)]
-        return states, score.nfe
-    return sample(fn, sde, score, x, ts, generator=gen, **options), score.nfe
+    x, trajectory = run_steps(fn(sde, score, x, ts, generator=gen, **options), trajectory_every)
+    return Generated(x, score.nfe, trajectory)

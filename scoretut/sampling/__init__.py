@@ -22,8 +22,8 @@ from torch import Tensor
 
 from scoretut.errors import UsageError
 from scoretut.sampling.ancestral import ddim, ddpm
-from scoretut.sampling.core import (CountingScore, Sampler, Step, Velocity, euler_steps, gaussian_noise, heun_steps,
-                                    pf_velocity, reverse_em_step, timesteps)
+from scoretut.sampling.core import (CountingScore, Generated, Sampler, Step, Velocity, euler_steps, gaussian_noise,
+                                    heun_steps, pf_velocity, reverse_em_step, run_steps, timesteps)
 from scoretut.sampling.langevin import annealed_langevin, langevin
 from scoretut.sampling.ode_solvers import edm_sampler, ode_euler, ode_heun, ode_rk45
 from scoretut.sampling.sde_solvers import corrector_alpha, euler_maruyama, langevin_correct, predictor_corrector
@@ -54,10 +54,7 @@ def get_sampler(name: str) -> Sampler:
 def sample(sampler: Sampler | str, sde: SDE, score_fn: ScoreFn, x: Tensor, ts: Tensor, **options) -> Tensor:
     """Run ``sampler`` to the end and return the final state (no trajectory is kept)."""
     sampler = get_sampler(sampler) if isinstance(sampler, str) else sampler
-    with torch.no_grad():
-        for step in sampler(sde, score_fn, x, ts, **options):
-            x = step.x
-    return x
+    return run_steps(sampler(sde, score_fn, x, ts, **options))[0]
 
 
 def nfe_per_step(sampler: str, options: dict | None = None) -> int | None:

@@ -1,7 +1,10 @@
 """The shared sampling interface: :class:`Step`, time grids, NFE counting, the one Gaussian draw
-of every sampler (:func:`gaussian_noise`), one reverse-SDE Euler–Maruyama step (:func:`reverse_em_step`), the probability-flow velocity (:func:`pf_velocity`)
+of every sampler (:func:`gaussian_noise`), one reverse-SDE Euler–Maruyama step
+(:func:`reverse_em_step`), the probability-flow velocity (:func:`pf_velocity`)
 and the steppers :func:`euler_steps` and :func:`heun_steps` (``velocity(x, t)`` along any grid),
 which every ODE solver, flow matching and the Schrödinger bridge use: the package has one Heun.
+:func:`run_steps` runs a sampler to the end, keeping a thinned trajectory if asked, and
+:class:`Generated` is what every pipeline's ``generate`` returns.
 
 Build time grids with :func:`timesteps`: ``uniform`` in ``t`` (Song et al. 2021) or the
 ``karras`` grid in ``σ`` with ``ρ = 7`` (Karras et al. 2022, Eq. 5).
@@ -10,7 +13,7 @@ Build time grids with :func:`timesteps`: ``uniform`` in ``t`` (Song et al. 2021)
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,6 +32,32 @@ class Step(NamedTuple):
 
 
 Sampler = Callable[..., Iterator[Step]]
+
+
+class Generated(NamedTuple):
+    """What every pipeline's ``generate`` returns: the samples ``x``, the network evaluations
+    ``nfe`` spent on them, and the recorded states ``[(t, x), …]`` (on the CPU) when
+    ``generate`` was asked for them with ``trajectory_every`` (else ``None``)."""
+
+    x: Tensor
+    nfe: int
+    trajectory: list[tuple[float, Tensor]] | None = None
+
+
+def run_steps(steps: Iterable[Step], trajectory_every: int | None = None) -> tuple[Tensor, list | None]:
+    """Run a sampler's steps to the end without gradients: the last state, and with
+    ``trajectory_every = k`` the ``(t, x)`` (``x`` on the CPU) of every step whose index is a
+    multiple of ``k`` (the start included) and of the last step; ``None`` without it."""
+    if trajectory_every is not None and trajectory_every < 1:
+        raise UsageError(f"`trajectory_every` must be a positive number of steps, got {trajectory_every}")
+    trajectory = None if trajectory_every is None else []
+    with torch.no_grad():
+        for step in steps:
+            if trajectory is not None and step.i % trajectory_every == 0:
+                trajectory.append((step.t, step.x.cpu()))
+    if trajectory is not None and step.i % trajectory_every != 0:
+        trajectory.append((step.t, step.x.cpu()))
+    return step.x, trajectory
 
 
 def timesteps(sde: SDE, n: int, kind: str = "uniform", rho: float = 7.0, t_end: float | None = None) -> Tensor:
