@@ -34,6 +34,29 @@ Weighting = Literal["std2", "none"] | Callable[[Tensor], Tensor]
 """``λ(t)``: ``"std2"`` (``std(t)²``, Song et al. 2021, Sec. 3.3), ``"none"`` (1) or a function
 of ``t`` ``(batch,)`` returning ``(batch,)``."""
 
+def min_snr_weighting(sde: SDE, gamma: float) -> Callable[[Tensor], Tensor]:
+    """Min-SNR-γ weighting (Hang et al. 2023) as a :data:`Weighting` of :class:`DSMLoss`.
+
+    With ``SNR(t) = s(t)²/std(t)²`` it weights the ε-residual by ``min(SNR, γ)/SNR``, i.e.
+
+    .. math::  \\lambda(t) = \\mathrm{std}(t)^2\\,\\frac{\\min(\\mathrm{SNR}(t), \\gamma)}{\\mathrm{SNR}(t)},
+
+    which is the weight ``min(SNR, γ)`` on the x₀-residual ``‖x̂₀ − x₀‖²``. Levels noisier than
+    ``SNR = γ`` keep DDPM's plain ε-loss; the nearly clean ones, whose noise is easy to predict
+    in ε but whose x₀-error is tiny, are down-weighted so they no longer compete with the
+    noise levels that decide the content of a sample.
+    """
+    if not gamma > 0:
+        raise ValueError(f"min-SNR needs gamma > 0, got {gamma}")
+
+    def weight(t: Tensor) -> Tensor:
+        std2 = sde.std(t) ** 2
+        snr = sde.scale(t) ** 2 / std2
+        return std2 * snr.clamp(max=gamma) / snr
+
+    return weight
+
+
 DenoiserFn = Callable[[Tensor, Tensor], Tensor]
 """``D(x, σ)``: ``x`` ``(batch, *dims)``, ``σ`` ``(batch,)`` → estimate of ``x_0`` of ``x``'s shape."""
 

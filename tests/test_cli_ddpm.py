@@ -56,6 +56,15 @@ def test_train_writes_checkpoint_grids_and_loss_curve(run_dir):
     assert state["config"]["recipe"]["net"]["num_classes"] == 3 and state["config"]["recipe"]["cfg_drop"] == 0.1
 
 
+def test_min_snr_gamma_is_stored_in_the_recipe_and_absent_by_default(proxy, run_dir, tmp_path):
+    out = tmp_path / "snr"
+    code = main(["ddpm", "train", "--data", str(proxy), "--out", str(out), "--steps", "2", "--min-snr-gamma", "5",
+                 "--sample-every", "0", *TRAIN])  # fmt: skip
+    assert code == 0
+    assert torch.load(out / "ckpt.pt", weights_only=True)["config"]["recipe"]["min_snr_gamma"] == 5.0
+    assert "min_snr_gamma" not in torch.load(run_dir / "ckpt.pt", weights_only=True)["config"]["recipe"]
+
+
 def test_resume_through_the_cli_equals_an_uninterrupted_run(proxy, tmp_path, capsys):
     args = ("ddpm", "train", "--data", proxy, "--sample-every", "0", *TRAIN)
     assert run(capsys, *args, "--out", tmp_path / "full", "--steps", "4")[0] == 0
@@ -127,6 +136,7 @@ BAD = {  # argv, a piece of the message, optionally a function that makes {tmp}/
     "train: sample-every off the log": ((*TR, "--out", "{tmp}/r", "--log-every", "3", "--sample-every", "4"),
                                         "multiple of --log-every"),
     "train: ema decay": ((*TR, "--out", "{tmp}/r", "--ema-decay", "2"), "--ema-decay 2"),
+    "train: min-SNR gamma": ((*TR, "--out", "{tmp}/r", "--min-snr-gamma", "0"), "--min-snr-gamma must be positive"),
     "train: into a used run": ((*TR, "--out", "{run}"), "pass --resume"),
     "train: resume nothing": ((*TR, "--out", "{tmp}/fresh", "--resume"), "drop --resume"),
     "train: unwritable out": ((*TR, "--out", "{tmp}/file.txt/r"), "choose another --out"),

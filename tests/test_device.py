@@ -94,7 +94,7 @@ def test_outputs_live_on_the_requested_device(monkeypatch):
     # image DDPM: the network runs on the device, images come back on the host
     recipe = images.make_recipe(["a", "b"], 8, "tiny")
     net = images.build(recipe)
-    imgs = images.generate(net, recipe, 2, sampler="ddim", steps=2)
+    imgs = images.generate(net, recipe, 2, sampler="ddim", steps=2).x
     assert imgs.device == want and imgs.shape == (2, 3, 8, 8)
     assert {p.device for p in net.parameters()} == {want}
 

@@ -49,6 +49,42 @@ def test_eps_loss_is_zero_for_the_exact_noise_and_the_dimension_for_zero():
     assert zero == pytest.approx(48.0, abs=4 * (2 * 48 / 256) ** 0.5)
 
 
+def test_min_snr_recipe_weights_each_step_by_min_snr_over_snr():
+    """With ε̂ = 0 the residual is ε, so the loss is D·mean_t min(SNR_t, γ)/SNR_t over t = 1..T;
+    without γ the recipe is DDPM's (no key stored) and the weight is 1."""
+    assert "min_snr_gamma" not in recipe()
+    r = recipe(min_snr_gamma=5.0)
+    loss = NoiseLoss.of({**r, "cfg_drop": 0.0})
+    sde = DiscreteVP.linear()
+    t = sde.train_grid()
+    snr = sde.scale(t) ** 2 / sde.std(t) ** 2
+    want = 48 * float((snr.clamp(max=5.0) / snr).mean())  # ≈ 0.91·48: steps with SNR > 5 count less
+    x0 = torch.zeros(20_000, 3, 4, 4)
+    got = float(loss(lambda x, t, y: torch.zeros_like(x), (x0, torch.ones(20_000, dtype=torch.long)),
+                     torch.Generator().manual_seed(0)))  # fmt: skip
+    assert got == pytest.approx(want, rel=0.03) and want < 0.95 * 48
+    with pytest.raises(UsageError, match="min_snr_gamma"):
+        recipe(min_snr_gamma=0.0)
+
+
+def test_empirical_posterior_mean_is_bayes_for_a_two_image_training_set():
+    """Two images a, b: E[x_0 | x_t] = a + (b − a)·sigmoid(Δ) with
+    Δ = (‖x_t − αa‖² − ‖x_t − αb‖²)/2σ²; and, from far away (α → 0), the plain mean."""
+    from scoretut.pipelines.images import empirical_posterior_mean
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    a, b = data
+    alpha, std = 0.8, 0.6
+    x_t = alpha * data[torch.tensor([0, 1, 1, 0])] + std * torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64)
+    d = ((x_t - alpha * a).flatten(1).pow(2).sum(1) - (x_t - alpha * b).flatten(1).pow(2).sum(1)) / (2 * std**2)
+    want = a + (b - a) * torch.sigmoid(d)[:, None, None, None]
+    got = empirical_posterior_mean(x_t, alpha, std, data, chunk=3)
+    assert torch.allclose(got, want, atol=1e-12)
+    far = empirical_posterior_mean(x_t, 1e-9, 1.0, data)
+    assert torch.allclose(far, data.mean(0).expand_as(far), atol=1e-9)
+
+
 def test_labels_are_dropped_to_the_null_class_with_probability_p():
     sde = DiscreteVP.linear(T=10)
     seen = []
@@ -87,7 +123,7 @@ def test_exact_noise_model_generates_its_constant_image(sampler, steps):
     model = ExactEps(make_sde(r), [0.1, 0.3, -0.2, 0.5])
     labels = torch.tensor([1, 2, 3, 1])
     for w, want in ((1.0, [0.3, -0.2, 0.5, 0.3]), (0.0, [0.1] * 4), (2.0, [0.5, -0.5, 0.9, 0.5])):
-        x = generate(model, r, 4, labels=labels, sampler=sampler, steps=steps, cfg_scale=w, seed=3)
+        x = generate(model, r, 4, labels=labels, sampler=sampler, steps=steps, cfg_scale=w, seed=3).x
         assert x.shape == (4, 3, 8, 8)
         torch.testing.assert_close(x, torch.tensor(want)[:, None, None, None].expand_as(x), atol=1e-4, rtol=0)
 
@@ -96,15 +132,17 @@ def test_generation_is_seeded_and_returns_trajectories():
     torch.manual_seed(0)
     r = recipe()
     net = build(r).eval()
-    a = generate(net, r, 3, sampler="ddpm", steps=5, seed=1)
-    b = generate(net, r, 3, sampler="ddpm", steps=5, seed=1)
-    c = generate(net, r, 3, sampler="ddpm", steps=5, seed=2)
+    a, nfe, none = generate(net, r, 3, sampler="ddpm", steps=5, seed=1)
+    b = generate(net, r, 3, sampler="ddpm", steps=5, seed=1).x
+    c = generate(net, r, 3, sampler="ddpm", steps=5, seed=2).x
+    assert nfe == 5 and none is None
+    assert generate(net, r, 3, sampler="ddim", steps=4, cfg_scale=2.0).nfe == 8  # cond + uncond per step
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert float(a.abs().max()) <= 1.0
-    traj = generate(net, r, 2, sampler="ddim", steps=10, every=4)
+    traj = generate(net, r, 2, sampler="ddim", steps=10, trajectory_every=4).trajectory
     assert [t for t, _ in traj] == [1000.0, 600.0, 200.0, 0.0]
     assert all(x.shape == (2, 3, 8, 8) for _, x in traj)
-    chunks = generate(net, r, 5, sampler="ddim", steps=4, batch_size=2)
+    chunks = generate(net, r, 5, sampler="ddim", steps=4, batch_size=2).x
     assert chunks.shape == (5, 3, 8, 8)
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from scoretut.losses import DSMLoss, EDMLoss, ISMLoss, SSMLoss, divergence, log_sigma_density, sample_times
+from scoretut.losses import (DSMLoss, EDMLoss, ISMLoss, SSMLoss, divergence, log_sigma_density, min_snr_weighting,
+                             sample_times)
 from scoretut.parametrisation import EDMPrecond, edm_coefficients
 from scoretut.sde import EDMSDE, VESDE, VPSDE, bcast
 
@@ -353,3 +354,36 @@ def test_log_sigma_density_of_uniform_times():
     g2 = ve.geometric_sigma(t) ** 2
     assert torch.allclose(p, log_s.exp() ** 2 / (g2 * (ve.T - ve.t_min) * math.log(5000.0)), rtol=1e-9)
     assert p[-1].item() == pytest.approx(1 / math.log(5000.0), rel=1e-4)
+
+
+def test_min_snr_weighting_is_min_snr_gamma_on_the_x0_residual():
+    """Hang et al. 2023: DSM with min_snr_weighting(γ) equals E[min(SNR, γ)·‖x̂₀ − x₀‖²], where
+    x̂₀ is the Tweedie estimate of the same score model; for SNR ≤ γ it is the plain ε-loss."""
+    from scoretut.schedules import DiscreteVP
+
+    sde = DiscreteVP.linear(1000)
+    weight = min_snr_weighting(sde, 5.0)
+    t = torch.arange(1.0, 1001.0, dtype=torch.float64)
+    snr = sde.scale(t) ** 2 / sde.std(t) ** 2
+    assert torch.allclose(weight(t)[snr <= 5], sde.std(t)[snr <= 5] ** 2, rtol=1e-12)
+    assert torch.allclose(weight(t)[snr > 5], 5 * sde.std(t)[snr > 5] ** 2 / snr[snr > 5],
+                          rtol=1e-12)  # fmt: skip
+    torch.manual_seed(0)
+    A = torch.randn(4, 4, dtype=torch.float64) * 0.1
+
+    def score(x, t):  # any model: a time-dependent linear map
+        return -(x + x @ A) / bcast(sde.std(t), x)
+
+    x0 = torch.randn(4096, 4, dtype=torch.float64)
+    loss = DSMLoss(sde, weighting=weight, t_grid=sde.train_grid())
+    got = loss(score, x0, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws: times, then the noise
+    tt = loss.times(x0, g)
+    x_t, _ = sde.perturb(x0, tt, g)
+    a, s = bcast(sde.scale(tt), x0), bcast(sde.std(tt), x0)
+    x0_hat = (x_t + s**2 * score(x_t, tt)) / a
+    snr_t = sde.scale(tt) ** 2 / sde.std(tt) ** 2
+    want = (snr_t.clamp(max=5.0) * (x0_hat - x0).pow(2).sum(1)).mean()
+    assert torch.allclose(got, want, rtol=1e-9)
+    with pytest.raises(ValueError, match="gamma > 0"):
+        min_snr_weighting(sde, 0.0)

@@ -53,6 +53,8 @@ def add_parsers(groups) -> None:
     tr.add_argument("--cfg-drop", type=float, default=0.1, help="label-drop probability with --cfg (default 0.1)")
     tr.add_argument("--schedule", default="linear", choices=list(BETA_SCHEDULES), help="β schedule (default linear)")
     tr.add_argument("--T", type=positive(int), default=1000, help="diffusion steps (default 1000)")
+    tr.add_argument("--min-snr-gamma", type=float, default=None,
+                    help="weight the loss by min-SNR-γ, e.g. 5 (default: DDPM's plain ε-loss)")
     tr.add_argument("--limit", "--max_num_images_per_cat", type=positive(int), default=None,
                     help="use at most this many training images per class")
     tr.add_argument("--amp", choices=["bf16"], default=None, help="bfloat16 autocast (GPU)")
@@ -115,7 +117,7 @@ def cmd_train(args) -> int:
 
     # every input is checked before the process group starts or an image is decoded
     _, _, classes = find_images(args.data, "train")
-    make_recipe(classes, args.image_size, args.net, args.schedule, args.T, args.cfg_drop, args.cfg)
+    make_recipe(classes, args.image_size, args.net, args.schedule, args.T, args.cfg_drop, args.cfg, args.min_snr_gamma)
     training_config(args.steps, args.seed, args.sample_every, batch_size=args.batch, lr=args.lr, warmup=args.warmup,
                     ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=args.amp,
                     log_every=min(args.log_every, args.steps), ckpt_every=args.ckpt_every)  # fmt: skip
@@ -126,7 +128,8 @@ def cmd_train(args) -> int:
             writable_dir(args.out, "--out")
         start = time.perf_counter()
         result, recipe = fit(args.data, args.steps, out_dir=args.out, image_size=args.image_size, net=args.net,
-                             conditional=args.cfg, cfg_drop=args.cfg_drop, schedule=args.schedule, T=args.T,
+                             conditional=args.cfg, cfg_drop=args.cfg_drop, min_snr_gamma=args.min_snr_gamma,
+                             schedule=args.schedule, T=args.T,
                              seed=args.seed, device=world.device, resume=args.resume, limit=args.limit,
                              sample_every=args.sample_every, batch_size=args.batch, lr=args.lr, warmup=args.warmup,
                              ema_decay=args.ema_decay, grad_clip=args.grad_clip, amp=args.amp,
@@ -168,7 +171,7 @@ def cmd_sample(args) -> int:
         p.unlink()
     start = time.perf_counter()
     x = generate(model, recipe, args.n, labels=args.label, sampler=args.sampler, steps=args.steps, cfg_scale=scale,
-                 eta=args.eta, seed=args.seed, device=device, batch_size=args.batch)  # fmt: skip
+                 eta=args.eta, seed=args.seed, device=device, batch_size=args.batch).x  # fmt: skip
     for i, img in enumerate(to_bytes(x)):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(out / f"{i:05d}.png")
     if args.grid is not None:

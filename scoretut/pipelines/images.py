@@ -11,6 +11,10 @@ to 0.02 (or the cosine one), as :class:`scoretut.schedules.DiscreteVP`. The netw
 (Ho et al. 2020, Eq. 14 — :class:`scoretut.losses.DSMLoss` with ``λ = std²`` on DDPM's steps),
 where ``ỹ`` is the label replaced by the null label 0 with probability ``p_drop`` (0.1):
 one network learns both the conditional and the unconditional noise (Ho & Salimans 2022).
+With ``min_snr_gamma = γ`` in the recipe, each step's term is weighted by ``min(SNR_t, γ)/SNR_t``
+(:func:`scoretut.losses.min_snr_weighting`, Hang et al. 2023): the nearly clean steps count less,
+the noisy ones that decide a sample's content keep their weight. DDPM's plain loss (no ``γ``) is
+the default the CLI trains.
 
 Classifier-free guidance with scale ``w`` samples with
 
@@ -44,11 +48,11 @@ from scoretut import distributed
 from scoretut.checkpoint import atomic_write, load_checkpoint
 from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
 from scoretut.errors import UsageError
-from scoretut.losses import DSMLoss
+from scoretut.losses import DSMLoss, min_snr_weighting
 from scoretut.nets.unet import UNet
 from scoretut.parametrisation import score_from_noise_model
 from scoretut.runtime import resolve_device
-from scoretut.sampling import ddim, ddpm
+from scoretut.sampling import Generated, ddim, ddpm, run_steps
 from scoretut.schedules import BETA_SCHEDULES, DiscreteVP, ddpm_timesteps
 from scoretut.train import TrainConfig, TrainResult, train
 
@@ -68,9 +72,13 @@ TRAINING: dict[str, Any] = dict(batch_size=32, lr=2e-4, warmup=5000, ema_decay=0
 gradient clipping at 1)."""
 
 def make_recipe(classes: Sequence[str], image_size: int = 64, net: str | dict[str, Any] = "full",
-                schedule: str = "linear", T: int = 1000, cfg_drop: float = 0.1, conditional: bool = True) -> dict:  # fmt: skip
+                schedule: str = "linear", T: int = 1000, cfg_drop: float = 0.1, conditional: bool = True,
+                min_snr_gamma: float | None = None) -> dict:  # fmt: skip
     """A recipe for ``classes`` (label ``k + 1`` is ``classes[k]``); ``conditional=False`` trains
-    without labels (no class embedding, no guidance)."""
+    without labels (no class embedding, no guidance); ``min_snr_gamma`` weights the loss by
+    min-SNR-γ (module docstring), and is stored only when given, so DDPM's recipes are unchanged."""
+    if min_snr_gamma is not None and not min_snr_gamma > 0:
+        raise UsageError(f"`min_snr_gamma` must be positive (5 is Hang et al.'s choice), got {min_snr_gamma}")
     if schedule not in BETA_SCHEDULES:
         raise UsageError(f"unknown schedule {schedule!r}; choose one of: {', '.join(BETA_SCHEDULES)}")
     if isinstance(net, str):
@@ -83,8 +91,11 @@ def make_recipe(classes: Sequence[str], image_size: int = 64, net: str | dict[st
     if image_size % factor:
         raise UsageError(f"`image_size` {image_size} must be divisible by {factor} for this U-Net")
     net = {**copy.deepcopy(net), "num_classes": len(classes) if conditional else 0}
-    return {"image_size": int(image_size), "classes": list(classes), "schedule": schedule, "T": int(T),
-            "net": net, "cfg_drop": float(cfg_drop) if conditional else 0.0}  # fmt: skip
+    recipe = {"image_size": int(image_size), "classes": list(classes), "schedule": schedule, "T": int(T),
+              "net": net, "cfg_drop": float(cfg_drop) if conditional else 0.0}  # fmt: skip
+    if min_snr_gamma is not None:
+        recipe["min_snr_gamma"] = float(min_snr_gamma)
+    return recipe
 
 
 def make_sde(recipe: dict[str, Any]) -> DiscreteVP:
@@ -132,12 +143,22 @@ class NoiseLoss:
     from ``generator``); the rest is :class:`scoretut.losses.DSMLoss` on
     :class:`~scoretut.schedules.DiscreteVP` over the steps ``1..T`` with ``λ = std²``, which is
     exactly ``‖ε − ε̂‖²`` summed over pixels and averaged over the batch. With
-    ``use_labels=False`` (an unconditional network) the labels are ignored.
+    ``use_labels=False`` (an unconditional network) the labels are ignored. With
+    ``min_snr_gamma = γ`` the term of step ``t`` is weighted by ``min(SNR_t, γ)/SNR_t``
+    (:func:`scoretut.losses.min_snr_weighting`).
     """
 
-    def __init__(self, sde: DiscreteVP, p_drop: float = 0.1, use_labels: bool = True):
+    def __init__(self, sde: DiscreteVP, p_drop: float = 0.1, use_labels: bool = True,
+                 min_snr_gamma: float | None = None):  # fmt: skip
         self.sde, self.p_drop, self.use_labels = sde, float(p_drop), use_labels
-        self.dsm = DSMLoss(sde, t_grid=sde.train_grid())
+        weighting = "std2" if min_snr_gamma is None else min_snr_weighting(sde, min_snr_gamma)
+        self.dsm = DSMLoss(sde, weighting=weighting, t_grid=sde.train_grid())
+
+    @classmethod
+    def of(cls, recipe: dict[str, Any]) -> "NoiseLoss":
+        """The training loss of a recipe: its chain, label dropout and weighting."""
+        return cls(make_sde(recipe), recipe["cfg_drop"], use_labels=recipe["net"]["num_classes"] > 0,
+                   min_snr_gamma=recipe.get("min_snr_gamma"))  # fmt: skip
 
     def __call__(self, model: Callable[..., Tensor], batch: Tensor | Sequence[Tensor],
                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
@@ -217,7 +238,7 @@ class TrainingFiles:
         ema.eval()
         try:
             device = next(ema.parameters()).device
-            x = generate(ema, self.recipe, self.n, device=device, **self.options)
+            x = generate(ema, self.recipe, self.n, device=device, **self.options).x
         finally:
             ema.train(was_training)
         self.written.append(save_grid(x, self.out / f"samples_{result.step:07d}.png", nrow=min(8, self.n)))
@@ -244,6 +265,7 @@ def fit(
     net: str | dict[str, Any] = "full",
     conditional: bool = True,
     cfg_drop: float = 0.1,
+    min_snr_gamma: float | None = None,
     schedule: str = "linear",
     T: int = 1000,
     seed: int = 0,
@@ -266,16 +288,15 @@ def fit(
     """
     cfg = training_config(steps, seed, sample_every if out_dir is not None else 0, **train_options)
     dataset = data if isinstance(data, ImageFolder) else ImageFolder(data, "train", image_size, limit=limit)
-    recipe = make_recipe(dataset.classes, dataset.size, net, schedule, T, cfg_drop, conditional)
+    recipe = make_recipe(dataset.classes, dataset.size, net, schedule, T, cfg_drop, conditional, min_snr_gamma)
     rank, world = distributed.world()
     batches = ImageBatches(dataset, seed=seed, rank=rank, world_size=world)
     torch.manual_seed(seed)
     model = build(recipe)
-    sde = make_sde(recipe)
     callbacks = [c for c in (callback,) if c is not None]
     if sample_every and out_dir is not None:
         callbacks.append(TrainingFiles(out_dir, recipe, sample_every, seed=seed))
-    loss = NoiseLoss(sde, recipe["cfg_drop"], use_labels=recipe["net"]["num_classes"] > 0)
+    loss = NoiseLoss.of(recipe)
     result = train(model, loss, batches, cfg, out_dir=out_dir, resume=resume,
                    device=resolve_device(device), config={"kind": "ddpm-image", "recipe": recipe},
                    callback=(lambda r: [c(r) for c in callbacks]) if callbacks else None)  # fmt: skip
@@ -309,6 +330,26 @@ def gpu_options(device: str | torch.device | None = None) -> dict[str, Any]:
     """The speed options ``amp="bf16", channels_last=True`` of ``scoretut ddpm train``, for ``fit``:
     ``{"amp": "bf16", "channels_last": True}`` on a CUDA device, ``{}`` (float32) elsewhere."""
     return {"amp": "bf16", "channels_last": True} if resolve_device(device).type == "cuda" else {}
+
+
+def empirical_posterior_mean(x_t: Tensor, alpha: float, std: float, data: Tensor, chunk: int = 256) -> Tensor:
+    """``E[x_0 | x_t]`` when ``x_0`` is uniform over the ``N`` images ``data``: the exact denoiser of
+    a finite training set, the softmax-weighted mean
+
+    .. math::  \\hat x_0(x_t) = \\sum_i w_i\\, x^{(i)}, \\qquad
+               w_i \\propto \\exp\\big(-\\|x_t - \\alpha\\,x^{(i)}\\|^2 / 2\\sigma_t^2\\big),
+
+    for ``x_t = α x_0 + σ_t ε`` (one ``α``, ``σ_t`` for the batch). On noisy training images its
+    error is the smallest that any network can reach on the training objective at that noise
+    level; a network that generalises does worse at small ``σ_t``, where this one recognises the
+    training image. Computed in float64.
+    """
+    ref = data.flatten(1).double()
+    out = []
+    for xb in x_t.flatten(1).double().split(chunk):
+        d2 = torch.cdist(xb, alpha * ref) ** 2
+        out.append(torch.softmax(-d2 / (2 * std**2), dim=1) @ ref)
+    return torch.cat(out).to(x_t.dtype).view_as(x_t)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -345,18 +386,21 @@ def generate(
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    every: int | None = None,
-) -> Tensor | list[tuple[float, Tensor]]:
-    """``n`` images ``(n, 3, H, W)`` in ``[−1, 1]`` from the DDPM ``model`` (in eval mode).
+    trajectory_every: int | None = None,
+) -> Generated:
+    """``n`` images ``(n, 3, H, W)`` in ``[−1, 1]`` from the DDPM ``model`` (in eval mode), as
+    :class:`~scoretut.sampling.Generated` ``(x, nfe, trajectory)``.
 
     ``sampler`` is ``"ddpm"`` (ancestral, ``β̃`` variance) or ``"ddim"`` (``eta``); ``steps``
     defaults to ``T`` for ``ddpm`` and 50 for ``ddim`` (evenly respaced integer steps, ending at
     ``t = 0``). ``labels`` as in :func:`label_tensor`; ``cfg_scale`` is the guidance scale
     ``w``. The start noise and the sampler noise come from one generator seeded with ``seed``,
-    used batch after batch of ``batch_size`` (default: all at once). With ``every = k`` the
-    result is instead the trajectory ``[(t, x), …]`` of every ``k``-th state (and the last) of a
-    single batch, on the CPU. The model runs on ``device`` (``None``:
-    :func:`scoretut.default_device`); the images are returned on the CPU.
+    used batch after batch of ``batch_size`` (default: all at once). ``nfe`` counts network
+    evaluations per image: one per step, two with guidance (``cfg_scale ≠ 1``). With
+    ``trajectory_every = k`` the images come in one batch and ``trajectory`` holds every
+    ``k``-th state ``(t, x)`` (the start included) and the last, unclamped, on the CPU. The
+    model runs on ``device`` (``None``: :func:`scoretut.default_device`); everything returned
+    is on the CPU.
     """
     if n < 1:
         raise UsageError(f"the number of images must be positive, got `n` {n}")
@@ -372,17 +416,14 @@ def generate(
     model = model.to(device).eval()
     size, channels = recipe["image_size"], recipe["net"].get("channels", 3)
     gen = torch.Generator(device).manual_seed(seed)
-    batch_size = n if every is not None else (batch_size or n)
-    out = []
+    batch_size = n if trajectory_every is not None else (batch_size or n)
+    out, trajectory = [], None
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = None if y_all is None else y_all[start : start + b].to(device)
         score = score_from_noise_model(sde, guided_noise(model, y, cfg_scale))
         x = torch.randn((b, channels, size, size), generator=gen, device=device)
-        steps_iter = fn(sde, score, x, ts, generator=gen, clip_x0=clip_x0, **options)
-        if every is not None:
-            return [(s.t, s.x.cpu()) for s in steps_iter if s.i % every == 0 or s.i == len(ts) - 1]
-        for s in steps_iter:
-            x = s.x
+        x, trajectory = run_steps(fn(sde, score, x, ts, generator=gen, clip_x0=clip_x0, **options), trajectory_every)
         out.append(x.clamp(-1, 1).cpu())
-    return torch.cat(out)
+    guided = y_all is not None and cfg_scale != 1.0
+    return Generated(torch.cat(out), (len(ts) - 1) * (2 if guided else 1), trajectory)
