@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    p.add_argument("--steps", type=int, default=400, help="training steps (the chapter's: 400)")
+    p.add_argument("--steps", type=int, default=800, help="training steps (the chapter's: 800)")
     p.add_argument("--n", type=int, default=300, help="samples per FD cell (default 300)")
     p.add_argument("--ancestral", type=int, default=0, help="also ancestral sampling with this many steps")
     args = p.parse_args(argv)

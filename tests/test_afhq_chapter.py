@@ -72,8 +72,8 @@ def test_afhq_chapter_samples_a_cli_checkpoint(tmp_path, monkeypatch):
     assert f"data: AFHQ from {data}" in text
     assert "classes ['cat', 'dog', 'wild']" in text
     assert "48 training and 30 validation images of 16x16" in text
-    assert "4 steps; loss" in text  # the checkpoint's history, not a new run of 600 steps
-    assert "600 steps" not in text
+    assert "4 steps; weighted loss" in text  # the checkpoint's history, not a new run of 800 steps
+    assert "800 steps" not in text
     html = "\n".join(str(out.get("data", {}).get("text/html", "")) for cell in nb.cells
                      if cell.cell_type == "code" for out in cell.get("outputs", []))  # fmt: skip
     assert "FD_classifier" in html  # no Inception weights given: the offline metric, named
