@@ -33,12 +33,13 @@ import torch
 
 from scoretut.data.images import ImageFolder, to_unit, write_proxy
 from scoretut.fid import extract_features, fd_of_features, train_classifier
-from scoretut.parametrisation import score_from_noise_model
-from scoretut.pipelines.images import empirical_posterior_mean, fit, generate, guided_noise, make_sde
+from scoretut.parametrisation import noise_from_x0, score_from_noise_model, x0_from_noise
+from scoretut.pipelines.images import (PROXY_CPU_TRAINING, empirical_posterior_mean, fit, generate, guided_noise,
+                                       make_sde)
 from scoretut.sampling import ddim, run_steps
 from scoretut.schedules import ddpm_timesteps
 
-CHAPTER = dict(net="tiny", batch_size=64, lr=3e-3, warmup=50, lr_floor=0.05, ema_decay=0.99, log_every=50)
+CHAPTER = {**PROXY_CPU_TRAINING, "log_every": 50}
 """The chapter's optimisation settings; ``steps`` and the loss weighting come from the command line."""
 RECIPES = {"plain": None, "min_snr": 5.0}
 """Loss weighting by name: DDPM's plain ε-loss, or min-SNR-γ with γ = 5 (Hang et al. 2023)."""
@@ -58,8 +59,8 @@ def error_per_t(model, recipe, x0, y, seed=0):
         eps = torch.randn(x0.shape, generator=gen)
         x_t = a * x0 + s * eps
         eps_hat = model(x_t, torch.full((len(x0),), float(t)), y)
-        eps_ref = (x_t - a * empirical_posterior_mean(x_t, a, s, x0)) / s
-        x0_hat = (x_t - s * eps_hat) / a
+        eps_ref = noise_from_x0(x_t, empirical_posterior_mean(x_t, a, s, x0), a, s)
+        x0_hat = x0_from_noise(x_t, eps_hat, a, s)
         rows.append((t, float((eps_hat - eps).pow(2).mean()), float((eps_ref - eps).pow(2).mean()),
                      float((x0_hat - x0).pow(2).mean())))  # fmt: skip
     return rows

@@ -33,7 +33,7 @@ from scoretut.runtime import device_from_arg
 from scoretut.data.images import ImageFolder, write_proxy
 from scoretut.fid import extract_features, fd_of_features, train_classifier
 from scoretut.pipelines.images import load
-from scoretut.pipelines.images import fit, guided_noise, label_tensor, make_sde
+from scoretut.pipelines.images import PROXY_CPU_TRAINING, fit, guided_noise, label_tensor, make_sde
 from scoretut.parametrisation import score_from_noise_model
 from scoretut.schedules import ddpm_timesteps
 
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     train_set, val_set = ImageFolder(root, "train", size), ImageFolder(root, "val", size)
     if not args.ckpt:
         start = time.perf_counter()
-        result, recipe = fit(train_set, args.train_steps, net=args.net, batch_size=64, lr=3e-3, warmup=50,
-                             decay_steps=args.train_steps, lr_floor=0.05, ema_decay=0.99, seed=args.seed,
-                             device=device, progress=False, min_snr_gamma=args.min_snr_gamma or None,
+        result, recipe = fit(train_set, args.train_steps, **{**PROXY_CPU_TRAINING, "net": args.net},
+                             decay_steps=args.train_steps, seed=args.seed, device=device, progress=False,
+                             min_snr_gamma=args.min_snr_gamma or None,
                              out_dir=args.out)  # fmt: skip
         model = result.ema
         print(f"training: {args.train_steps} steps of the {args.net} U-Net at {size}×{size}, "
