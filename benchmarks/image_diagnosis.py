@@ -33,7 +33,7 @@ import torch
 
 from scoretut.data.images import ImageFolder, to_unit, write_proxy
 from scoretut.fid import extract_features, fd_of_features, train_classifier
-from scoretut.parametrisation import noise_from_x0, score_from_noise_model, x0_from_noise
+from scoretut.parametrisation import Prediction, noise_from_x0, x0_from_noise
 from scoretut.pipelines.images import (PROXY_CPU_TRAINING, empirical_posterior_mean, fit, generate, guided_noise,
                                        make_sde)
 from scoretut.sampling import ddim, run_steps
@@ -73,7 +73,7 @@ def split_ddim(model, recipe, n, labels, tau, seed=4, steps=50):
     ts = ddpm_timesteps(sde, steps)
     k = int((ts > tau).sum())
     gen = torch.Generator().manual_seed(seed)
-    score = score_from_noise_model(sde, guided_noise(model, labels))
+    score = Prediction(sde, guided_noise(model, labels), "eps")
     x = torch.randn((n, 3, recipe["image_size"], recipe["image_size"]), generator=gen)
     x, _ = run_steps(ddim(sde, score, x, ts[: k + 1], generator=gen, clip_x0=1.0, eta=1.0))
     x, _ = run_steps(ddim(sde, score, x, ts[k:], generator=gen, clip_x0=1.0, eta=0.0))

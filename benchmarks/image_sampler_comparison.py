@@ -34,7 +34,7 @@ from scoretut.data.images import ImageFolder, write_proxy
 from scoretut.fid import extract_features, fd_of_features, train_classifier
 from scoretut.pipelines.images import load
 from scoretut.pipelines.images import PROXY_CPU_TRAINING, fit, guided_noise, label_tensor, make_sde
-from scoretut.parametrisation import score_from_noise_model
+from scoretut.parametrisation import Prediction
 from scoretut.schedules import ddpm_timesteps
 
 BUDGETS = (10, 20, 35, 50)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     sde = make_sde(recipe)
     gen = torch.Generator(device).manual_seed(args.seed)
     labels = label_tensor(recipe, None, n)  # the classes in turn; None for an unconditional model
-    score = score_from_noise_model(sde, guided_noise(model, None if labels is None else labels.to(device)))
+    score = Prediction(sde, guided_noise(model, None if labels is None else labels.to(device)), "eps")
     x = torch.randn((n, 3, size, size), generator=gen, device=device)
     start = time.perf_counter()
     with torch.no_grad():

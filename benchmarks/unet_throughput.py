@@ -95,7 +95,7 @@ def sampling(args) -> list[dict]:
 
     from scoretut.sampling import ddim, ddpm
     from scoretut.pipelines.images import COURSE_NET, NETS, build, guided_noise, make_recipe, make_sde
-    from scoretut.parametrisation import score_from_noise_model
+    from scoretut.parametrisation import Prediction
     from scoretut.schedules import ddpm_timesteps
 
     device = torch.device(args.device)
@@ -110,7 +110,7 @@ def sampling(args) -> list[dict]:
         g = torch.Generator(device).manual_seed(0)
         x = torch.randn(args.sample_batch, 3, args.size, args.size, device=device, generator=g)
         y = torch.randint(1, 4, (args.sample_batch,), device=device, generator=g)
-        score = score_from_noise_model(sde, guided_noise(model, y, 1.0))
+        score = Prediction(sde, guided_noise(model, y, 1.0), "eps")
         with torch.no_grad():
             it = fn(sde, score, x, ts, generator=g, clip_x0=1.0)
             next(it)  # the starting state

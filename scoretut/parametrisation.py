@@ -26,9 +26,18 @@ unit variance for data of standard deviation ``σ_d`` at every σ (Karras et al.
 
 The conversions below use the VP-style notation ``x_t = α x_0 + σ_t ε`` with ``α = s(t)`` and
 ``σ_t = std(t)``; ``v = α ε − σ_t x_0`` (Salimans & Ho 2022) assumes ``α² + σ_t² = 1``.
+
+:class:`Prediction` is the one place where "what the network predicts" is decided: it wraps a
+network of any output kind (ε, x₀, v, score, or a preconditioned denoiser) and gives each sampler
+the view it asks for — the score for SDE and PF-ODE solvers, ``(ε̂, x̂₀)`` for DDPM/DDIM, ``D`` for
+the EDM sampler — converting the network's own output once, as k-diffusion's ``to_d`` does.
+:func:`prediction_of` turns whatever a sampler was given (a ``Prediction``, a model with a
+``prediction_view()``, or a plain score function) into one.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -143,24 +152,6 @@ class IDDPMPrecond(Precond):
 PRECONDS: dict[str, type[Precond]] = {"vp": VPPrecond, "ve": VEPrecond, "iddpm": IDDPMPrecond, "edm": EDMPrecond}
 
 
-def score_from_denoiser(sde: SDE, denoiser: nn.Module) -> ScoreFn:
-    """Score ``∇log p_t(x) = (s D(x/s; σ) − x) / (s² σ²)`` of ``sde`` from a denoiser."""
-
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
-        t = as_time(t, x)
-        s, sigma = bcast(sde.scale(t), x), sde.sigma(t)
-        return (s * denoiser(x / s, sigma) - x) / (s**2 * bcast(sigma, x) ** 2)
-
-    return score_fn
-
-
-def denoiser_from_score(sde: SDE, score_fn: ScoreFn, x_hat: Tensor, t: Tensor) -> Tensor:
-    """Tweedie: ``D(x̂; σ(t)) = x̂ + σ² · s · ∇log p_t(s x̂)`` (inverse of :func:`score_from_denoiser`)."""
-    t = as_time(t, x_hat)
-    s, sigma = bcast(sde.scale(t), x_hat), bcast(sde.sigma(t), x_hat)
-    return x_hat + sigma**2 * s * score_fn(s * x_hat, t)
-
-
 # -- ε / x₀ / v / score conversions at one time t, for x_t = α x₀ + σ_t ε -----------------------
 def score_from_noise(noise: Tensor, std: Tensor) -> Tensor:
     """``∇log p_t = −ε/σ_t``."""
@@ -198,7 +189,7 @@ def x0_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
 
 
 PREDICTIONS = ("eps", "x0", "v", "score")
-"""What a network's output can stand for: noise ``ε``, clean data ``x₀``, velocity ``v`` or score."""
+"""What a network's output ``F(x, t)`` can stand for: noise ``ε``, clean data ``x₀``, ``v`` or the score."""
 
 
 def noise_from_prediction(kind: str, pred: Tensor, x_t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
@@ -218,27 +209,119 @@ def noise_from_prediction(kind: str, pred: Tensor, x_t: Tensor, alpha: Tensor, s
     raise UsageError(f"unknown prediction {kind!r}; choose one of: {', '.join(PREDICTIONS)}")
 
 
-def score_from_prediction(sde: SDE, model: nn.Module, kind: str) -> ScoreFn:
-    """Score function ``∇log p_t(x) = −ε̂/σ_t`` of ``sde`` from a network ``model(x, t)`` that
-    predicts ``kind`` (ε, x₀, v or the score), so that any sampler can use it.
+class CountingScore:
+    """Wrap a network function (a score, a velocity, a denoiser…) and count its evaluations
+    (NFE), one per batched call."""
 
-    ``v`` needs a variance-preserving ``sde`` (``s(t)² + std(t)² = 1``).
+    def __init__(self, fn: Callable[..., Tensor]):
+        self.fn, self.nfe = fn, 0
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        self.nfe += 1
+        return self.fn(*args, **kwargs)
+
+
+KINDS = PREDICTIONS + ("denoiser",)
+"""What :class:`Prediction` accepts: :data:`PREDICTIONS` of ``F(x, t)``, or ``"denoiser"`` for a
+``D(x̂; σ)`` of the rescaled state (a :class:`Precond`)."""
+
+
+class Prediction:
+    """A network on ``sde`` whose output is ``kind``, seen every way a sampler may ask for it.
+
+    ``fn(x, t)`` predicts ``ε``, ``x₀``, ``v`` or the score (:data:`PREDICTIONS`); for
+    ``kind="denoiser"`` it is ``D(x̂; σ)`` called as ``fn(x / s(t), σ(t))`` (Karras et al. 2022,
+    Eq. 7). With ``α = s(t)``, ``σ_t = std(t)`` and ``σ = σ_t/α`` the views are
+
+    * :meth:`score` ``∇log p_t(x) = −ε̂/σ_t = (α x̂₀ − x)/σ_t²``;
+    * :meth:`eps_x0` ``(ε̂, x̂₀)``, tied by ``x = α x̂₀ + σ_t ε̂``; :meth:`eps`, :meth:`x0`;
+    * :meth:`v` ``α ε̂ − σ_t x̂₀`` (Salimans & Ho 2022; ``α² + σ_t² = 1``);
+    * :meth:`denoise` ``D(x̂; σ(t)) = x̂₀(s(t) x̂)``, the denoiser of the rescaled state;
+    * :meth:`velocity` ``f(x, t) − ½ g(t)² ∇log p_t(x)``, the probability-flow ODE.
+
+    Each view evaluates the network once and converts its output straight to what is asked for,
+    so a sampler that needs ``ε̂`` from an ε-network, or ``D`` from a denoiser, gets the network's
+    own output (no round trip through the score). A ``Prediction`` is itself a score function
+    (``__call__`` is :meth:`score`), and :attr:`nfe` counts its network evaluations.
     """
-    if kind not in PREDICTIONS:
-        raise UsageError(f"unknown prediction {kind!r}; choose one of: {', '.join(PREDICTIONS)}")
 
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+    def __init__(self, sde: SDE, fn: Callable[[Tensor, Tensor], Tensor], kind: str = "score"):
+        if kind not in KINDS:
+            raise UsageError(f"unknown prediction {kind!r}; choose one of: {', '.join(KINDS)}")
+        self.sde, self.kind, self.fn = sde, kind, CountingScore(fn)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations so far, over all views."""
+        return self.fn.nfe
+
+    def _denoised(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(s, D(x/s; σ))`` with ``s = s(t)`` broadcast to ``x``."""
+        s = bcast(self.sde.scale(t), x)
+        return s, self.fn(x / s, self.sde.sigma(t))
+
+    def score(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """``∇log p_t(x)``; from a denoiser ``(s D(x/s; σ) − x)/(s² σ²)`` (Tweedie)."""
         t = as_time(t, x)
-        alpha, std = sde.scale(t), sde.std(t)
-        return score_from_noise(noise_from_prediction(kind, model(x, t), x, alpha, std), std)
+        if self.kind == "score":
+            return self.fn(x, t)
+        if self.kind == "denoiser":
+            s, D = self._denoised(x, t)
+            return (s * D - x) / (s**2 * bcast(self.sde.sigma(t), x) ** 2)
+        alpha, std = self.sde.scale(t), self.sde.std(t)
+        return score_from_noise(noise_from_prediction(self.kind, self.fn(x, t), x, alpha, std), std)
 
-    return score_fn
+    __call__ = score
+
+    def eps_x0(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """``(ε̂, x̂₀)`` at ``x_t = x``, from one network evaluation."""
+        t = as_time(t, x)
+        alpha, std = self.sde.scale(t), self.sde.std(t)
+        if self.kind in ("x0", "denoiser"):
+            x0 = self._denoised(x, t)[1] if self.kind == "denoiser" else self.fn(x, t)
+            return noise_from_x0(x, x0, alpha, std), x0
+        if self.kind == "v":
+            v = self.fn(x, t)
+            return noise_from_v(x, v, alpha, std), x0_from_v(x, v, alpha, std)
+        out = self.fn(x, t)
+        noise = out if self.kind == "eps" else noise_from_score(out, std)
+        return noise, x0_from_noise(x, noise, alpha, std)
+
+    def eps(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """``ε̂(x, t)``."""
+        return self.eps_x0(x, t)[0]
+
+    def x0(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """``x̂₀(x, t) = E[x₀ | x_t = x]``."""
+        return self.eps_x0(x, t)[1]
+
+    def v(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """``v̂ = α ε̂ − σ_t x̂₀``."""
+        t = as_time(t, x)
+        noise, x0 = self.eps_x0(x, t)
+        return v_from_noise_x0(noise, x0, self.sde.scale(t), self.sde.std(t))
+
+    def denoise(self, x_hat: Tensor, t: float | Tensor) -> Tensor:
+        """``D(x̂; σ(t)) = x̂₀(s x̂, t)``; from a score ``x̂ + σ² s ∇log p_t(s x̂)`` (Tweedie)."""
+        t = as_time(t, x_hat)
+        if self.kind == "denoiser":
+            return self.fn(x_hat, self.sde.sigma(t))
+        s = bcast(self.sde.scale(t), x_hat)
+        if self.kind == "score":
+            return x_hat + bcast(self.sde.sigma(t), x_hat) ** 2 * s * self.fn(s * x_hat, t)
+        return self.x0(s * x_hat, t)
+
+    def velocity(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """``dx/dt = f(x, t) − ½ g(t)² ∇log p_t(x)`` (probability-flow ODE, Song et al. 2021, Eq. 13)."""
+        return self.sde.reverse(self.score, probability_flow=True).sde(x, t)[0]
 
 
-def score_from_noise_model(sde: SDE, eps_model: nn.Module) -> ScoreFn:
-    """Score ``∇log p_t(x) = −ε̂(x, t)/std(t)`` of a noise-prediction network ``eps_model(x, t)``.
-
-    Same as :func:`scoretut.parametrisation.score_from_prediction` with ``kind="eps"``; the samplers of
-    :mod:`scoretut.sampling` invert it exactly (``ε̂ = −std(t)·score``).
-    """
-    return score_from_prediction(sde, eps_model, "eps")
+def prediction_of(sde: SDE, fn: Callable[[Tensor, Tensor], Tensor]) -> Prediction:
+    """``fn`` as a :class:`Prediction` on ``sde``: itself if it is one, the model's own
+    (``fn.prediction_view()``, e.g. a :class:`~scoretut.pipelines.toy2d.ToyScoreModel`) if it
+    has one, else ``fn`` taken as a score function ``(x, t) -> ∇log p_t(x)``."""
+    if isinstance(fn, Prediction):
+        return fn
+    if hasattr(fn, "prediction_view"):
+        return fn.prediction_view()
+    return Prediction(sde, fn, "score")

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from scoretut.errors import UsageError
 from scoretut.metrics import evaluate_samples
+from scoretut.parametrisation import prediction_of
 from scoretut.runtime import resolve_device
-from scoretut.sampling import CountingScore, get_sampler, sample, steps_for_nfe, timesteps
+from scoretut.sampling import get_sampler, sample, steps_for_nfe, timesteps
 from scoretut.sde import SDE, ScoreFn
 
 
@@ -45,12 +46,14 @@ class SamplerSpec:
         return steps_for_nfe(self.sampler, nfe, self.options, saves_last=ends_at_zero)
 
     def run(self, sde: SDE, score_fn: ScoreFn, x: Tensor, steps: int, *, seed: int = 0, grid: Grid = "karras"):
-        """Sample from the prior draw ``x`` with ``steps`` steps; returns ``(samples, NFE counted)``."""
-        score = CountingScore(score_fn)
+        """Sample from the prior draw ``x`` with ``steps`` steps; returns ``(samples, NFE counted)``.
+        ``score_fn`` may be any model :func:`~scoretut.parametrisation.prediction_of` accepts."""
+        model = prediction_of(sde, score_fn)
+        nfe_before = model.nfe
         gen = torch.Generator(x.device).manual_seed(seed)
         ts = make_grid(sde, steps, grid)
-        y = sample(get_sampler(self.sampler), sde, score, x, ts, generator=gen, **self.options)
-        return y, score.nfe
+        y = sample(get_sampler(self.sampler), sde, model, x, ts, generator=gen, **self.options)
+        return y, model.nfe - nfe_before
 
 
 SPECS: tuple[SamplerSpec, ...] = (

@@ -30,10 +30,10 @@ piecewise-constant rate ``β(t) = −log(1 − β_k)`` on ``(k−1, k]`` — so 
 at integer times, and every sampler of :mod:`scoretut.sampling` runs on it unchanged.
 
 **Using an ε-prediction network.** Like every sampler in scoretut, the DDPM samplers
-(:mod:`scoretut.sampling`: ``ddpm``, ``ddim``) take a *score* function ``score_fn(x, t)`` with
-``t`` the (float) step index, shape ``(batch,)``. Wrap a noise-prediction network
-``eps_model(x, t)`` with :func:`scoretut.parametrisation.score_from_noise_model` (``∇log p_t = −ε̂/√(1−ᾱ_t)``); the samplers recover
-``ε̂ = −√(1−ᾱ_t)·score`` from it, so ``eps_model`` is what they effectively use. A guided model
+(:mod:`scoretut.sampling`: ``ddpm``, ``ddim``) take a model ``score_fn(x, t)`` with ``t`` the
+(float) step index, shape ``(batch,)``. Wrap a noise-prediction network ``eps_model(x, t)`` as
+``scoretut.parametrisation.Prediction(sde, eps_model, "eps")``: its score is
+``∇log p_t = −ε̂/√(1−ᾱ_t)``, and the DDPM samplers take ``ε̂`` from it unchanged. A guided model
 (classifier-free guidance, ``ε̂ = ε(x, t, ∅) + w (ε(x, t, y) − ε(x, t, ∅))``, the convention of
 :mod:`scoretut.pipelines.images`) is just another ``eps_model``.
 Train it with :class:`scoretut.losses.DSMLoss` on ``DiscreteVP`` with ``t_grid=sde.train_grid()``

@@ -10,7 +10,7 @@ from scoretut.sampling import ddim, ddpm
 from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
 from scoretut.sampling import SAMPLERS, sample
-from scoretut.parametrisation import score_from_noise_model
+from scoretut.parametrisation import Prediction
 from scoretut.schedules import (DiscreteVP, alpha_bars, cosine_alpha_bar, cosine_betas, ddpm_timesteps,
                                 gaussian_posterior, linear_betas, log_snr)
 from scoretut.sde import VESDE, VPSDE
@@ -130,7 +130,7 @@ def test_dsm_on_discrete_steps_is_the_simple_eps_loss():
     sde = DiscreteVP.linear()
     eps_model = lambda x, t: 0.3 * x + 1e-3 * t[:, None]  # noqa: E731
     x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    loss = DSMLoss(sde, t_grid=sde.train_grid())(score_from_noise_model(sde, eps_model), x0, torch.Generator().manual_seed(2))
+    loss = DSMLoss(sde, t_grid=sde.train_grid())(Prediction(sde, eps_model, "eps"), x0, torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(2)
     t = sde.train_grid()[torch.randint(1000, (64,), generator=g)]
     eps = torch.randn(64, 2, generator=g, dtype=torch.float64)
@@ -205,10 +205,10 @@ def test_samplers_take_image_batches_and_an_eps_model():
     gen = torch.Generator().manual_seed(0)
     x = sde.prior_sampling((1500, 3, 4, 4), generator=gen, dtype=torch.float64)
     for name in ("ddim", "ddpm"):  # the variance deficit shrinks like 1/steps: 9% (DDIM), 17% (DDPM) at 50
-        out = sample(name, sde, score_from_noise_model(sde, eps_model), x, ddpm_timesteps(sde, 500), generator=gen)
+        out = sample(name, sde, Prediction(sde, eps_model, "eps"), x, ddpm_timesteps(sde, 500), generator=gen)
         assert out.shape == x.shape
         assert abs(float(out.mean()) - m) < 0.01 and abs(float(out.var()) / v - 1) < 0.05, name
-    clipped = sample("ddim", sde, score_from_noise_model(sde, eps_model), x, ddpm_timesteps(sde, 10), clip_x0=0.6)
+    clipped = sample("ddim", sde, Prediction(sde, eps_model, "eps"), x, ddpm_timesteps(sde, 10), clip_x0=0.6)
     assert float(clipped.max()) <= 0.6 + 1e-12 and float(clipped.min()) >= -0.6 - 1e-12
 
 

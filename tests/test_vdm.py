@@ -9,7 +9,7 @@ from scoretut import schedules, vdm
 from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
 from scoretut.nets import ScoreMLP
-from scoretut.parametrisation import (noise_from_prediction, score_from_prediction, v_from_noise_x0, x0_from_noise,
+from scoretut.parametrisation import (Prediction, noise_from_prediction, v_from_noise_x0, x0_from_noise,
                                       x0_from_v)
 
 VAR, DIM = 1.5, 2
@@ -276,7 +276,7 @@ def test_eps_x0_v_score_conversions_agree():
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
 def test_optimal_predictors_give_the_exact_gaussian_score(kind):
     """The Gaussian-optimal ε̂ rewritten as an x₀- or v-predictor gives the same (exact) score,
-    through VDM and through parametrisation.score_from_prediction."""
+    through VDM and through parametrisation.Prediction."""
     oracle = vdm.GaussianEps(MEAN, VAR)
 
     class Oracle(torch.nn.Module):
@@ -294,7 +294,7 @@ def test_optimal_predictors_give_the_exact_gaussian_score(kind):
     exact = -(z - alpha * MEAN) / (alpha**2 * VAR + sigma**2)
     torch.testing.assert_close(model(z, t), exact, rtol=2e-3, atol=1e-4)
     net_t = lambda x, tt: Oracle()(x, sde.schedule(tt))  # noqa: E731
-    torch.testing.assert_close(score_from_prediction(sde, net_t, kind)(z, t), exact, rtol=2e-3, atol=1e-4)
+    torch.testing.assert_close(Prediction(sde, net_t, kind).score(z, t), exact, rtol=2e-3, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- sampling, input checks

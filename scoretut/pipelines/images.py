@@ -50,7 +50,7 @@ from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
 from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss, min_snr_weighting
 from scoretut.nets.unet import UNet
-from scoretut.parametrisation import score_from_noise_model
+from scoretut.parametrisation import Prediction
 from scoretut.runtime import resolve_device
 from scoretut.sampling import Generated, ddim, ddpm, run_steps
 from scoretut.schedules import BETA_SCHEDULES, DiscreteVP, ddpm_timesteps
@@ -173,7 +173,7 @@ class NoiseLoss:
         if y is not None and self.p_drop > 0:
             drop = torch.rand(y.shape, generator=generator, device=y.device) < self.p_drop
             y = torch.where(drop, torch.full_like(y, NULL_LABEL), y)
-        return self.dsm(score_from_noise_model(self.sde, lambda x, t: model(x, t, y)), x0, generator)
+        return self.dsm(Prediction(self.sde, lambda x, t: model(x, t, y), "eps"), x0, generator)
 
 
 def grid_image(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1) -> "np.ndarray":
@@ -427,9 +427,9 @@ def generate(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = None if y_all is None else y_all[start : start + b].to(device)
-        score = score_from_noise_model(sde, guided_noise(model, y, cfg_scale))
+        eps = Prediction(sde, guided_noise(model, y, cfg_scale), "eps")
         x = torch.randn((b, channels, size, size), generator=gen, device=device)
-        x, trajectory = run_steps(fn(sde, score, x, ts, generator=gen, clip_x0=clip_x0, **options), trajectory_every)
+        x, trajectory = run_steps(fn(sde, eps, x, ts, generator=gen, clip_x0=clip_x0, **options), trajectory_every)
         out.append(x.clamp(-1, 1).cpu())
     guided = y_all is not None and cfg_scale != 1.0
     return Generated(torch.cat(out), (len(ts) - 1) * (2 if guided else 1), trajectory)

@@ -9,7 +9,7 @@ with the EDM loss, sampled with Heun's method on the probability-flow ODE over t
 Two parametrisations share one module, :class:`ToyScoreModel`:
 
 * ``"edm"`` — ``D(x̂; σ) = c_skip x̂ + c_out F(c_in x̂, ¼ ln σ)``; the score of any SDE follows
-  from Tweedie's formula (:func:`scoretut.parametrisation.score_from_denoiser`).
+  from Tweedie's formula (:meth:`scoretut.parametrisation.Prediction.score`).
 * ``"score"`` — the network predicts ``−ε``: ``s_θ(x, t) = F(x, t)/std(t)`` (the "scale by
   σ" trick of Song et al. 2021), the classic HelloScore-style score network.
 """
@@ -27,10 +27,10 @@ from scoretut.data.toy2d import sample_dataset
 from scoretut.errors import UsageError
 from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
 from scoretut.nets.mlp import ScoreMLP
-from scoretut.parametrisation import EDMPrecond, score_from_denoiser
+from scoretut.parametrisation import EDMPrecond, Prediction, prediction_of
 from scoretut.runtime import resolve_device
-from scoretut.sampling import CountingScore, Generated, get_sampler, run_steps, timesteps
-from scoretut.sde import SDE, as_time, bcast
+from scoretut.sampling import Generated, get_sampler, run_steps, timesteps
+from scoretut.sde import SDE
 from scoretut.sde_registry import SDES
 from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
 
@@ -70,7 +70,8 @@ class ToyScoreModel(nn.Module):
     """A score model ``s_θ(x, t)`` for ``sde``, with the recipe's parametrisation.
 
     ``forward(x, t)`` returns the score (``x``: ``(batch, dim)``, ``t``: ``(batch,)``);
-    :meth:`denoiser` returns ``D(x̂; σ)`` (for the EDM loss and the EDM view of sampling).
+    :meth:`denoiser` returns ``D(x̂; σ)`` (for the EDM loss); :meth:`prediction_view` gives the
+    samplers the network's own output (``D`` or ``ε̂``) instead of the score.
     """
 
     def __init__(self, sde: SDE, net: nn.Module, param: str = "edm", sigma_data: float = 1.0):
@@ -83,11 +84,16 @@ class ToyScoreModel(nn.Module):
         else:
             self.net = net
 
+    def prediction_view(self) -> Prediction:
+        """The model as a :class:`~scoretut.parametrisation.Prediction` of ``self.sde``: the
+        denoiser ``D(x̂; σ)`` for ``"edm"``, the noise ``ε̂ = −F(x, t)`` for ``"score"``. Built per
+        call, so copies (e.g. the EMA) use their own weights."""
+        if self.param == "edm":
+            return Prediction(self.sde, self.precond, "denoiser")
+        return Prediction(self.sde, lambda x, t: -self.net(x, t), "eps")
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        t = as_time(t, x)
-        if self.param == "edm":  # built per call so copies (e.g. the EMA) use their own weights
-            return score_from_denoiser(self.sde, self.precond)(x, t)
-        return self.net(x, t) / bcast(self.sde.std(t), x)
+        return self.prediction_view().score(x, t)
 
     def denoiser(self, x_hat: Tensor, sigma: Tensor) -> Tensor:
         """``D(x̂; σ)`` of the model (only for the ``edm`` parametrisation)."""
@@ -208,6 +214,6 @@ def generate(
     dim = recipe["net"]["dim"]
     x = sde.prior_sampling((n, dim), generator=gen, device=device)
     model = model.to(device).eval()
-    score = CountingScore(model)
-    x, trajectory = run_steps(fn(sde, score, x, ts, generator=gen, **options), trajectory_every)
-    return Generated(x, score.nfe, trajectory)
+    prediction = prediction_of(sde, model)
+    x, trajectory = run_steps(fn(sde, prediction, x, ts, generator=gen, **options), trajectory_every)
+    return Generated(x, prediction.nfe, trajectory)

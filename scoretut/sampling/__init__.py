@@ -4,7 +4,11 @@ Every sampler is called as ::
 
     sampler(sde, score_fn, x, ts, *, generator=None, **options)
 
-with ``x`` the starting state at time ``ts[0]`` (usually ``sde.prior_sampling(shape)``) and
+with ``score_fn`` a score function ``(x, t) -> ∇log p_t(x)`` or any model
+:func:`~scoretut.parametrisation.prediction_of` accepts (a
+:class:`~scoretut.parametrisation.Prediction` of an ε-, x₀-, v-network or a denoiser, whose own
+output the DDPM/DDIM and EDM samplers then use), ``x`` the starting state at time ``ts[0]``
+(usually ``sde.prior_sampling(shape)``) and
 ``ts`` a decreasing 1-D tensor of times from ``ts[0]`` (≈ ``T``) down to ``ts[-1]`` (≈
 ``sde.t_min``, or ``0`` for :class:`~scoretut.sde.EDMSDE`). Each sampler *yields* a
 :class:`Step` after every update — the first yield is the starting state — so a chapter can
@@ -22,7 +26,8 @@ from torch import Tensor
 
 from scoretut.errors import UsageError
 from scoretut.sampling.ancestral import ddim, ddpm
-from scoretut.sampling.core import (CountingScore, Generated, Sampler, Step, Velocity, euler_steps, gaussian_noise,
+from scoretut.parametrisation import CountingScore, Prediction, prediction_of
+from scoretut.sampling.core import (Generated, Sampler, Step, Velocity, euler_steps, gaussian_noise,
                                     heun_steps, pf_velocity, reverse_em_step, run_steps, timesteps)
 from scoretut.sampling.langevin import annealed_langevin, langevin
 from scoretut.sampling.ode_solvers import edm_sampler, ode_euler, ode_heun, ode_rk45

@@ -2,10 +2,9 @@
 
 Both samplers step from ``t = ts[i]`` to ``s = ts[i+1] < t`` through the Gaussian posterior
 ``q(x_s | x_t, x_0)`` of :func:`scoretut.schedules.gaussian_posterior`, with ``x_0`` replaced by
-its estimate from the score (Tweedie; ``α_t = s(t)``, ``σ_t = std(t)``):
-
-.. math::  \\hat\\varepsilon = -\\sigma_t\\,s_\\theta(x_t, t), \\qquad
-           \\hat x_0 = \\frac{x_t - \\sigma_t\\hat\\varepsilon}{\\alpha_t}.
+the model's estimate ``x̂_0`` and its noise ``ε̂``, tied by ``x_t = α_t x̂_0 + σ_t ε̂``
+(``α_t = s(t)``, ``σ_t = std(t)``; :meth:`scoretut.parametrisation.Prediction.eps_x0`). An
+ε-network gives ``ε̂`` directly; a score ``s_θ`` gives ``ε̂ = −σ_t s_θ(x_t, t)`` (Tweedie).
 
 * :func:`ddpm` (Ho et al. 2020, Alg. 2): ``x_s = c_0 x̂_0 + c_t x_t + σ z`` with
   ``σ² = β̃`` (``variance="beta_tilde"``, the posterior variance) or ``σ² = β`` (``"beta"``, the
@@ -20,7 +19,7 @@ The formulas use only ``sde.scale`` and ``sde.std``, so they run on any SDE of
 ``ts`` from :func:`scoretut.schedules.ddpm_timesteps`, ending at ``t = 0``) they are the
 samplers of the papers, and the last step returns ``x̂_0`` with no noise. ``x`` may be any
 shape ``(batch, *dims)`` — points ``(B, 2)`` or images ``(B, C, H, W)``. For an ε-prediction
-network pass ``score_fn = scoretut.schedules.score_from_noise_model(sde, eps_model)``.
+network pass ``Prediction(sde, eps_model, "eps")`` as ``score_fn``.
 """
 
 from __future__ import annotations
@@ -32,9 +31,10 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
+from scoretut.parametrisation import Prediction, prediction_of
 from scoretut.sampling.core import Step, gaussian_noise
 from scoretut.schedules import gaussian_posterior
-from scoretut.sde import SDE, ScoreFn, as_time
+from scoretut.sde import SDE, ScoreFn
 
 VARIANCES = ("beta_tilde", "beta")
 
@@ -61,11 +61,11 @@ def _steps(sde: SDE, ts: Tensor) -> Iterator[tuple[int, float, float, _Coefficie
         yield i, t, s, _Coefficients(float(scale[0]), float(std[0]), float(scale[1]), float(std[1]), c0, ct, var)
 
 
-def _predict(score_fn: ScoreFn, x: Tensor, t: float, a_t: float, sd_t: float, clip_x0: float | None):
-    """``(ε̂, x̂_0)`` at ``(x, t)``; with ``clip_x0`` the estimate ``x̂_0`` is clamped to
-    ``[−clip_x0, clip_x0]`` and ``ε̂`` recomputed from it (Ho et al. 2020's clipping for images)."""
-    eps = -sd_t * score_fn(x, as_time(t, x))
-    x0 = (x - sd_t * eps) / a_t
+def _predict(model: Prediction, x: Tensor, t: float, a_t: float, sd_t: float, clip_x0: float | None):
+    """``(ε̂, x̂_0)`` at ``(x, t)`` from the model's own prediction (:meth:`Prediction.eps_x0`);
+    with ``clip_x0`` the estimate ``x̂_0`` is clamped to ``[−clip_x0, clip_x0]`` and ``ε̂``
+    recomputed from it (Ho et al. 2020's clipping for images)."""
+    eps, x0 = model.eps_x0(x, t)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
         eps = (x - a_t * x0) / sd_t
@@ -98,10 +98,10 @@ def ddpm(
     """
     if variance not in VARIANCES:
         raise UsageError(f"unknown DDPM variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
-    ts = _check_grid(ts)
+    ts, model = _check_grid(ts), prediction_of(sde, score_fn)
     yield Step(0, float(ts[0]), x)
     for i, t, s, c in _steps(sde, ts):
-        _, x0 = _predict(score_fn, x, t, c.a_t, c.sd_t, clip_x0)
+        _, x0 = _predict(model, x, t, c.a_t, c.sd_t, clip_x0)
         x_next = c.c0 * x0 + c.ct * x
         if c.sd_s > 0:  # β = σ_t² − a² σ_s², a = α_t/α_s: the variance of the forward step s → t
             var = c.sd_t**2 - (c.a_t / c.a_s) ** 2 * c.sd_s**2 if variance == "beta" else c.var
@@ -129,10 +129,10 @@ def ddim(
     """
     if eta < 0:
         raise UsageError(f"DDIM needs eta >= 0 (0 deterministic, 1 = DDPM), got {eta}")
-    ts = _check_grid(ts)
+    ts, model = _check_grid(ts), prediction_of(sde, score_fn)
     yield Step(0, float(ts[0]), x)
     for i, t, s, c in _steps(sde, ts):
-        eps, x0 = _predict(score_fn, x, t, c.a_t, c.sd_t, clip_x0)
+        eps, x0 = _predict(model, x, t, c.a_t, c.sd_t, clip_x0)
         sigma = eta * math.sqrt(c.var)
         x = c.a_s * x0 + math.sqrt(max(c.sd_s**2 - sigma**2, 0.0)) * eps
         if sigma > 0:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
+from scoretut.parametrisation import prediction_of
 from scoretut.schedules import edm_sigmas
 from scoretut.sde import SDE, EDMSDE, ScoreFn, bcast
 
@@ -103,9 +104,9 @@ def reverse_em_step(rev, x: Tensor, t: float, h: float, add_noise: bool, generat
 
 
 def pf_velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, float], Tensor]:
-    """``dx/dt = f(x, t) − ½ g(t)² ∇log p_t(x)`` (probability-flow ODE, Song et al. 2021 Eq. 13)."""
-    rev = sde.reverse(score_fn, probability_flow=True)
-    return lambda x, t: rev.sde(x, t)[0]
+    """``dx/dt = f(x, t) − ½ g(t)² ∇log p_t(x)`` (probability-flow ODE, Song et al. 2021 Eq. 13):
+    the :meth:`~scoretut.parametrisation.Prediction.velocity` view of ``score_fn``."""
+    return prediction_of(sde, score_fn).velocity
 
 
 Velocity = Callable[[Tensor, float], Tensor]
@@ -136,14 +137,3 @@ def heun_steps(velocity: Velocity, x: Tensor, ts: Tensor, *, euler_last: bool = 
         x_euler = x + h * d
         x = x_euler if euler_last and i == n - 1 else x + 0.5 * h * (d + velocity(x_euler, t_next))
         yield Step(i + 1, t_next, x)
-
-
-class CountingScore:
-    """Wrap a score function and count network evaluations (NFE), one per batched call."""
-
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn, self.nfe = score_fn, 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.score_fn(x, t)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
-from scoretut.parametrisation import denoiser_from_score
+from scoretut.parametrisation import prediction_of
 from scoretut.sampling.core import Step, euler_steps, gaussian_noise, heun_steps, pf_velocity
 from scoretut.sde import SDE, ScoreFn
 
@@ -126,8 +126,9 @@ def edm_sampler(
 
     It works on the rescaled state ``x̂ = x/s(t)`` at noise level ``σ = σ(t)``, where the
     probability-flow ODE of every SDE here reads ``dx̂/dσ = (x̂ − D(x̂; σ))/σ`` (Karras et al.
-    2022, Eq. 4 with ``x̂``), ``D`` being the Tweedie denoiser of ``score_fn``
-    (:func:`scoretut.parametrisation.denoiser_from_score`). With ``σ_i = σ(ts[i])`` and ``N = len(ts) − 1``:
+    2022, Eq. 4 with ``x̂``), ``D`` being the model's denoiser
+    (:meth:`scoretut.parametrisation.Prediction.denoise`: a preconditioned network's own output,
+    or Tweedie's formula from a score). With ``σ_i = σ(ts[i])`` and ``N = len(ts) − 1``:
 
     1. churn: ``γ_i = min(S_churn/N, √2 − 1)`` if ``S_tmin ≤ σ_i ≤ S_tmax`` else 0;
        ``σ̂ = (1 + γ_i) σ_i`` and ``x̂ ← x̂ + S_noise √(σ̂² − σ_i²) z`` (noise added back);
@@ -148,7 +149,7 @@ def edm_sampler(
         raise UsageError(f"unknown EDM solver {solver!r}; choose one of: {', '.join(EDM_SOLVERS)}")
     if S_churn < 0 or S_noise < 0:
         raise UsageError(f"S_churn and S_noise must be >= 0, got {S_churn} and {S_noise}")
-    ts = torch.as_tensor(ts, dtype=torch.float64)
+    ts, model = torch.as_tensor(ts, dtype=torch.float64), prediction_of(sde, score_fn)
     sigmas, scales = sde.sigma(ts), sde.scale(ts)
     n = len(ts) - 1
     gamma_max = min(S_churn / n, math.sqrt(2) - 1) if n else 0.0
@@ -163,7 +164,7 @@ def edm_sampler(
             t_hat = float(sde.t_from_sigma(torch.tensor(sigma_hat, dtype=torch.float64)))
             x_hat = x_hat + S_noise * math.sqrt(sigma_hat**2 - sigma**2) * gaussian_noise(x_hat, generator)
         time_of = {sigma_hat: t_hat, sigma_next: t_next}
-        d = lambda y, s: (y - denoiser_from_score(sde, score_fn, y, time_of[s])) / s  # noqa: E731
+        d = lambda y, s: (y - model.denoise(y, time_of[s])) / s  # noqa: E731
         grid = torch.tensor([sigma_hat, sigma_next], dtype=torch.float64)
         if solver == "heun":
             *_, last = heun_steps(d, x_hat, grid, euler_last=sigma_next <= 0)
