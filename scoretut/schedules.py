@@ -243,14 +243,16 @@ def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> 
 def iddpm_sigmas(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> Tensor:
     """The ``M + 1`` noise levels ``u_0 > … > u_M = 0`` of iDDPM (Karras et al. 2022, Table 1).
 
-    ``u_{j−1} = √((u_j² + 1) / max(ᾱ_{j−1}/ᾱ_j, C_1) − 1)`` with the cosine schedule
-    ``ᾱ_j = sin²(π/2 · j / (M (C_2 + 1)))`` of Nichol & Dhariwal (2021); where the clip is
-    inactive ``u_j² + 1 = ᾱ_M/ᾱ_j``, i.e. ``u_j`` is the noise level of DDPM step ``M − j``.
+    ``u_{j−1} = √((u_j² + 1) / max(ᾱ_{j−1}/ᾱ_j, C_1) − 1)`` with Karras et al.'s
+    ``ᾱ_j = sin²(π/2 · j / (M (C_2 + 1)))``, which is the cosine schedule of Nichol & Dhariwal
+    (2021) read backwards: ``ᾱ_j = ᾱ(M − j)/ᾱ(0)`` of :func:`cosine_alpha_bar` with ``T = M``,
+    ``s = C_2`` (the ratios do not see the normalisation). Where the clip is inactive
+    ``u_j² + 1 = ᾱ_M/ᾱ_j``, i.e. ``u_j`` is the noise level of DDPM step ``M − j``.
     """
-    alpha_bar = lambda j: math.sin(0.5 * math.pi * j / (M * (C_2 + 1))) ** 2  # noqa: E731
+    alpha_bar = cosine_alpha_bar(torch.arange(M, -1, -1, dtype=torch.float64), M, C_2)
     u = torch.zeros(M + 1, dtype=torch.float64)
     for j in range(M, 0, -1):
-        ratio = max(alpha_bar(j - 1) / alpha_bar(j), C_1)
+        ratio = max(float(alpha_bar[j - 1] / alpha_bar[j]), C_1)
         u[j - 1] = math.sqrt((float(u[j]) ** 2 + 1) / ratio - 1)
     return u
 
