@@ -31,7 +31,10 @@ def no_work(monkeypatch):
 
         return fail
 
+    # Import every module before patching any: a module imported after ``scoretut.train.train``
+    # was patched would bind the stand-in for good (``from scoretut.train import train``).
+    modules = {module: importlib.import_module(module) for module in WORK}
     for module, names in WORK.items():
-        mod = importlib.import_module(module)
+        mod = modules[module]
         for name in names:
             monkeypatch.setattr(mod, name, stand_in(f"{module}.{name}"))
