@@ -31,7 +31,7 @@ from scoretut.runtime import resolve_device
 from scoretut.sampling import CountingScore, Generated, get_sampler, run_steps, timesteps
 from scoretut.sde import SDE, as_time, bcast
 from scoretut.sde_registry import SDES
-from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
+from scoretut.train import DEFAULT_TRAINING, train, training_config  # noqa: F401 (the 2-D settings, re-exported)
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "data": "swiss_roll",
@@ -133,18 +133,11 @@ def training_data(recipe: dict[str, Any], seed: int) -> Tensor:
     return sample_dataset(recipe["data"], recipe.get("n_data", 100_000), seed=seed)
 
 
-def training_config(steps: int, seed: int = 0, progress: bool = False, **training):
-    """The :class:`scoretut.train.TrainConfig` of :func:`fit`: :data:`DEFAULT_TRAINING` with the
-    ``training`` overrides (it raises :class:`UsageError` for settings that cannot train)."""
-    options = {**DEFAULT_TRAINING, "log_every": max(1, min(50, steps)), **training}
-    return TrainConfig(steps=steps, seed=seed, progress=progress, **options)
-
-
 def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, *, out_dir=None,
         resume: bool = False, device: torch.device | str | None = None, progress: bool = False, **training):
     """Build the recipe's model (seeded) and train it; returns a :class:`scoretut.train.TrainResult`.
 
-    ``training`` overrides :data:`DEFAULT_TRAINING` (``batch_size``, ``lr``, ``ema_decay``,
+    ``training`` overrides :data:`scoretut.train.DEFAULT_TRAINING` (``batch_size``, ``lr``, ``ema_decay``,
     ``ckpt_every``...). The recipe is stored in the checkpoint, so ``scoretut toy sample`` can
     rebuild the model from it alone. ``device=None`` means :func:`scoretut.default_device`.
     """
