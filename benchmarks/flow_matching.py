@@ -19,7 +19,7 @@ import time
 import torch
 
 from scoretut import couplings, flow
-from scoretut.pipelines import toy2d
+from scoretut.pipelines import flow2d, toy2d
 from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import evaluate_samples
 
@@ -39,14 +39,14 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f}; seed {args.seed}")
     seed = args.seed
     roll = sample_dataset("swiss_roll", 100_000, seed=seed)
-    models = {"independent": flow.fit(roll, args.steps, seed=seed).ema}
+    models = {"independent": flow2d.fit(roll, args.steps, seed=seed).ema}
     pairs = couplings.coupled_pairs(flow.noise(args.pairs, seed + 2, device=roll.device), roll, args.pairs,
                                     batch_size=256, seed=seed)  # fmt: skip
-    models["OT-CFM"] = flow.fit(pairs, args.steps, seed=seed).ema
+    models["OT-CFM"] = flow2d.fit(pairs, args.steps, seed=seed).ema
     base = models["independent"]
     for k in (1, 2):
         rp = flow.reflow_pairs(base, args.pairs, seed=seed + 10 * k, steps=args.ode_steps)
-        base = models[f"{k}-reflow"] = flow.fit(rp, args.reflow_steps, seed=seed + k, init=base).ema
+        base = models[f"{k}-reflow"] = flow2d.fit(rp, args.reflow_steps, seed=seed + k, init=base).ema
     edm = toy2d.fit(steps=args.steps, seed=seed).ema
     x_s = flow.noise(2_000, seed + 3)
     for name, model in models.items():
@@ -64,7 +64,7 @@ def main() -> None:
                 x = toy2d.generate(edm, toy2d.DEFAULT_RECIPE, 10_000, steps=(nfe + 1) // 2, seed=seed,
                                    device=edm_device(edm)).x  # fmt: skip
             else:
-                x = flow.generate(models[name], 10_000, nfe=nfe, solver=solver, seed=seed).x
+                x = flow2d.generate(models[name], flow2d.DEFAULT_RECIPE, 10_000, nfe=nfe, solver=solver, seed=seed).x
             ev = evaluate_samples(x.cpu(), "swiss_roll", seed=seed)
             floors = floors or (ev["cd_floor"], ev["emd_floor"])
             cells.append(f"{ev['cd_ratio']:5.2f} / {ev['emd_ratio']:4.2f}")

@@ -30,11 +30,13 @@ time ``τ = 1 − t`` (:class:`PathSDE`), and every sampler of :mod:`scoretut.sa
 **Straightness** (Liu et al. 2023, Eq. 5): ``S = ∫₀¹ E‖(x_1 − x_0) − v(x_t, t)‖² dt`` along the
 flow's own trajectories; ``S = 0`` exactly when every trajectory is a straight line travelled
 at constant speed, which is what lets one Euler step land on the end point.
+
+The pipeline (a recipe, ``build``, ``fit``, ``load``, ``generate``) is
+:mod:`scoretut.pipelines.flow2d`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import ABC, abstractmethod
 from typing import Callable, Iterator
@@ -47,7 +49,7 @@ from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.nets import ScoreMLP
 from scoretut.runtime import default_device
-from scoretut.sampling import CountingScore, Generated, Step, euler_steps, heun_steps, run_steps
+from scoretut.sampling import Step, euler_steps, heun_steps
 from scoretut.sde import SDE, ScoreFn, as_time, bcast, ftensor
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -122,6 +124,10 @@ class CosinePath(GaussianPath):
 
     def d_sigma(self, t):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * ftensor(t))
+
+
+PATHS = {"linear": LinearPath, "cosine": CosinePath}
+"""The paths by name (a flow recipe's ``path``)."""
 
 
 # --------------------------------------------------------------------------- diffusion ↔ flow
@@ -250,26 +256,6 @@ class FlowMatchingLoss:
         return (model(x_t, t) - self.path.velocity(x0, x1, t)).pow(2).sum(1).mean()
 
 
-def fit(data: Tensor, steps: int, *, seed: int = 0, init: nn.Module | None = None,
-        loss: FlowMatchingLoss | None = None, net: dict | None = None, device=None, **training):  # fmt: skip
-    """Train a velocity network on ``data`` (points or pairs, see :class:`FlowMatchingLoss`);
-    returns a :class:`scoretut.train.TrainResult` (use ``.ema``).
-
-    ``init`` continues from a copy of a trained model (as reflow does); otherwise a fresh
-    :func:`velocity_net` with the sizes ``net`` is built. ``training`` overrides the
-    optimiser settings of the 2-D recipe (:data:`scoretut.train.DEFAULT_TRAINING`, with the
-    cosine decay over ``steps``).
-    """
-    from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
-
-    torch.manual_seed(seed)
-    model = copy.deepcopy(init) if init is not None else velocity_net(**(net or {}))
-    options = {**DEFAULT_TRAINING, "decay_steps": max(steps, DEFAULT_TRAINING["warmup"] + 1),
-               "log_every": max(1, min(50, steps)), **training}  # fmt: skip
-    cfg = TrainConfig(steps=steps, seed=seed, progress=False, **options)
-    return train(model, loss or FlowMatchingLoss(), data, cfg, device=device or default_device())
-
-
 # --------------------------------------------------------------------------- sampling
 
 
@@ -308,24 +294,6 @@ def noise(n: int, seed: int, dim: int = 2, device=None) -> Tensor:
         raise UsageError(f"the number of samples must be positive, got {n}")
     z = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
     return z.to(device or default_device())
-
-
-def generate(model: nn.Module, n: int, *, nfe: int, solver: str = "euler", seed: int = 0, device=None,
-             trajectory_every: int | None = None) -> Generated:  # fmt: skip
-    """``n`` 2-D samples ``(n, 2)`` from noise drawn with ``seed``, carried by the most steps of
-    ``solver`` that cost at most ``nfe`` evaluations, ``⌊nfe / SOLVERS[solver]⌋``: a
-    :class:`~scoretut.sampling.Generated` with the samples, the NFE spent and, with
-    ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last (on the CPU)."""
-    if solver not in SOLVERS:
-        raise UsageError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
-    steps = nfe // SOLVERS[solver]
-    if steps < 1:
-        cost = SOLVERS[solver]
-        raise UsageError(f"{nfe} evaluations buy no {solver} step ({cost} each); give `nfe` >= {cost}")
-    device = device or next(model.parameters()).device
-    velocity = CountingScore(model.eval())
-    x, trajectory = run_steps(integrate(velocity, noise(n, seed, 2, device), steps, solver), trajectory_every)
-    return Generated(x, velocity.nfe, trajectory)
 
 
 def reflow_pairs(model: nn.Module, n: int, *, seed: int = 0, steps: int = 32, solver: str = "heun",

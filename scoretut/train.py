@@ -135,11 +135,20 @@ class TrainConfig:
 DEFAULT_TRAINING: dict[str, Any] = {"batch_size": 1024, "lr": 4e-3, "warmup": 50, "decay_steps": 1000,
                                      "lr_floor": 0.05, "ema_decay": 0.99}
 """Optimiser settings of the 2D models (the default recipe of :mod:`scoretut.pipelines.toy2d`
-and :func:`scoretut.flow.fit`), overriding :class:`TrainConfig`: a 50-step warm-up to 4e-3, then
+and :func:`scoretut.pipelines.flow2d.fit`), overriding :class:`TrainConfig`: a 50-step warm-up to 4e-3, then
 a cosine down to 2e-4 at step 1,000, where it stays. The horizon is fixed (not the number of
 training steps), so a run resumed to more steps follows the same schedule; on the swiss roll
 the decay brought CD from 1.07× to 1.02× its floor at 1,000 steps in one run of
 ``benchmarks/toy_swiss_roll.py`` (the sampling-seed spread is ±0.08, so rerun it to see yours)."""
+
+
+def training_config(steps: int, seed: int = 0, progress: bool = False, defaults: dict[str, Any] | None = None,
+                    **training: Any) -> TrainConfig:  # fmt: skip
+    """A :class:`TrainConfig` for ``steps`` steps: ``defaults`` (:data:`DEFAULT_TRAINING` if
+    ``None``), a log entry every ``min(50, steps)`` steps, then the ``training`` overrides (it
+    raises :class:`UsageError` for settings that cannot train)."""
+    options = {**(DEFAULT_TRAINING if defaults is None else defaults), "log_every": max(1, min(50, steps)), **training}
+    return TrainConfig(steps=steps, seed=seed, progress=progress, **options)
 
 
 @runtime_checkable

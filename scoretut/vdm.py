@@ -34,7 +34,8 @@ Pieces: the schedules :class:`LinearSchedule` and :class:`MonotoneSchedule` (VDM
 network), the model :class:`VDM` (an ε-, x₀- or v-predicting network conditioned on ``γ_t``), the
 loss :class:`VDMLoss` (continuous or discrete time, with the reconstruction and prior terms, and
 with VDM's variance-minimising gradient for the schedule's shape), the Gaussian closed forms, and
-:func:`dsm_weight`, the DSM weighting ``λ(t)`` each objective corresponds to.
+:func:`dsm_weight`, the DSM weighting ``λ(t)`` each objective corresponds to. The pipeline
+(a recipe, ``build``, ``fit``, ``load``, ``generate``) is :mod:`scoretut.pipelines.vdm2d`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from torch import Tensor, nn
 from scoretut.errors import UsageError
 from scoretut.losses import sample_times
 from scoretut.parametrisation import PREDICTIONS, noise_from_prediction, score_from_noise
-from scoretut.sampling import CountingScore, Generated, get_sampler, run_steps, timesteps
 from scoretut.schedules import GammaSDE, NoiseSchedule, alpha_sigma
 from scoretut.sde import as_time, bcast, ftensor
 
@@ -281,26 +281,6 @@ def dsm_weight(kind: str, sde: GammaSDE, t: Tensor) -> Tensor:
     if kind == "x0":
         return var * torch.exp(g)
     raise UsageError(f"unknown weighting {kind!r}; choose one of: elbo, eps, v, x0")
-
-
-# -- sampling ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def generate(model: VDM, n: int, *, steps: int = 200, sampler: str = "em", seed: int = 0, dim: int = 2,
-             trajectory_every: int | None = None) -> Generated:  # fmt: skip
-    """Draw ``n`` samples ``(n, dim)`` by running ``sampler`` (default Euler–Maruyama on the
-    reverse SDE of :class:`GammaSDE`) over ``steps`` uniform steps from ``t = 1`` to ``0``,
-    starting at ``N(0, I)``: a :class:`~scoretut.sampling.Generated` with the samples, the NFE
-    and, with ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last (on the CPU)."""
-    if n <= 0 or steps <= 0:
-        raise UsageError(f"need a positive number of samples and steps, got n={n}, steps={steps}")
-    device = next(model.parameters()).device
-    gen = torch.Generator(device).manual_seed(seed)
-    sde = model.sde
-    x = sde.prior_sampling((n, dim), generator=gen, device=device)
-    ts = timesteps(sde, steps)
-    score = CountingScore(model)
-    x, trajectory = run_steps(get_sampler(sampler)(sde, score, x, ts, generator=gen), trajectory_every)
-    return Generated(x, score.nfe, trajectory)
 
 
 # -- Gaussian data ----------------------------------------------------------------------------------

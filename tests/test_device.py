@@ -10,7 +10,7 @@ import torch
 
 import scoretut
 from scoretut import sampler_comparison, schedules, vdm
-from scoretut.pipelines import images, toy2d
+from scoretut.pipelines import images, toy2d, vdm2d
 from scoretut.cli import build_parser
 from scoretut.errors import UsageError
 from scoretut.runtime import default_device, resolve_device
@@ -90,7 +90,7 @@ def test_outputs_live_on_the_requested_device(monkeypatch):
     assert y.device == want
     # VDM samples on its model's device
     m = vdm.VDM(ScoreMLP(dim=2, hidden=8, depth=1), schedules.LinearSchedule())
-    assert vdm.generate(m, 20, steps=3).x.device == want
+    assert vdm2d.generate(m, vdm2d.DEFAULT_RECIPE, 20, steps=3).x.device == want
     # image DDPM: the network runs on the device, images come back on the host
     recipe = images.make_recipe(["a", "b"], 8, "tiny")
     net = images.build(recipe)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scoretut import flow
+from scoretut.pipelines import flow2d
 from scoretut.sampling import ddim
 from scoretut.errors import UsageError
 from scoretut.data.toy2d import GaussianMixture2D, gmm_example
@@ -229,9 +230,9 @@ def test_flow_trained_on_a_gaussian_moves_mean_and_covariance(coupled):
         from scoretut.couplings import coupled_pairs
 
         data = coupled_pairs(flow.noise(8192, 11, device="cpu"), data, 8192, batch_size=256, seed=0)
-    res = flow.fit(data, 400, seed=0, net={"hidden": 64, "depth": 2, "emb_dim": 32}, batch_size=256,
-                   lr=3e-3, ema_decay=0.98, device="cpu")
-    x, nfe, _ = flow.generate(res.ema, 8000, nfe=40, solver="heun", seed=1)
+    recipe = flow2d.recipe_with({"net": {"hidden": 64, "depth": 2, "emb_dim": 32}})
+    res = flow2d.fit(data, 400, recipe=recipe, seed=0, batch_size=256, lr=3e-3, ema_decay=0.98, device="cpu")
+    x, nfe, _ = flow2d.generate(res.ema, recipe, 8000, nfe=40, solver="heun", seed=1)
     x = x.double()
     assert nfe == 40
     torch.testing.assert_close(x.mean(0), M, atol=0.08, rtol=0)
@@ -258,4 +259,4 @@ def test_bad_inputs_raise_usage_errors():
     with pytest.raises(UsageError):
         flow.noise(0, 0)
     with pytest.raises(UsageError, match="no heun step"):
-        flow.generate(model, 10, nfe=1, solver="heun")
+        flow2d.generate(model, flow2d.DEFAULT_RECIPE, 10, nfe=1, solver="heun")

@@ -11,6 +11,7 @@ from scoretut.losses import DSMLoss
 from scoretut.nets import ScoreMLP
 from scoretut.parametrisation import (Prediction, noise_from_prediction, v_from_noise_x0, x0_from_noise,
                                       x0_from_v)
+from scoretut.pipelines import vdm2d
 
 VAR, DIM = 1.5, 2
 MEAN = torch.tensor([0.7, -0.4])
@@ -305,10 +306,10 @@ def test_generate_with_the_optimal_denoiser_reaches_the_gaussian():
     # through to the data, so it gets a schedule with a smaller SNR(1).
     for sampler, gamma_max in (("em", schedules.GAMMA_MAX), ("ode_heun", 10.0)):
         model = vdm.VDM(vdm.GaussianEps(MEAN, VAR), schedules.LinearSchedule(schedules.GAMMA_MIN, gamma_max))
-        x = vdm.generate(model, 8000, steps=200, sampler=sampler, seed=0).x
+        x = vdm2d.generate(model, vdm2d.DEFAULT_RECIPE, 8000, steps=200, sampler=sampler, seed=0).x
         torch.testing.assert_close(x.mean(0), MEAN, atol=0.06, rtol=0)
         torch.testing.assert_close(torch.cov(x.T), VAR * torch.eye(2), atol=0.12, rtol=0)
-    out = vdm.generate(model, 100, steps=10, trajectory_every=1)
+    out = vdm2d.generate(model, vdm2d.DEFAULT_RECIPE, 100, steps=10, trajectory_every=1)
     traj = out.trajectory
     assert len(traj) == 11 and traj[0][0] == 1.0 and traj[-1][0] == 0.0 and out.nfe == 10  # em: 1 per step
     assert torch.equal(traj[-1][1], out.x)

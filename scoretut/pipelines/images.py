@@ -45,12 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from scoretut import distributed
-from scoretut.checkpoint import atomic_write, load_checkpoint
+from scoretut.checkpoint import atomic_write
 from scoretut.data.images import NULL_LABEL, ImageBatches, ImageFolder, to_bytes
 from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss, min_snr_weighting
 from scoretut.nets.unet import UNet
 from scoretut.parametrisation import Prediction
+from scoretut.pipelines.recipes import read
 from scoretut.runtime import resolve_device
 from scoretut.sampling import Generated, ddim, ddpm, run_steps
 from scoretut.schedules import BETA_SCHEDULES, DiscreteVP, ddpm_timesteps
@@ -66,6 +67,9 @@ NETS: dict[str, dict[str, Any]] = {
     "tiny": dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_levels=[1], dropout=0.1, groups=8),
 }
 """U-Net sizes by name: the course network, and smaller ones for quick GPU runs and the CPU."""
+
+KIND = "ddpm-image"
+"""The ``kind`` of this pipeline's checkpoints."""
 
 TRAINING: dict[str, Any] = dict(batch_size=32, lr=2e-4, warmup=5000, ema_decay=0.9999, grad_clip=1.0)
 """Optimisation defaults for AFHQ (Ho et al. 2020: Adam 2e-4 with 5000 warm-up steps, EMA 0.9999,
@@ -304,7 +308,7 @@ def fit(
         callbacks.append(TrainingFiles(out_dir, recipe, sample_every, seed=seed))
     loss = NoiseLoss.of(recipe)
     result = train(model, loss, batches, cfg, out_dir=out_dir, resume=resume,
-                   device=resolve_device(device), config={"kind": "ddpm-image", "recipe": recipe},
+                   device=resolve_device(device), config={"kind": KIND, "recipe": recipe},
                    callback=(lambda r: [c(r) for c in callbacks]) if callbacks else None)  # fmt: skip
     return result, recipe
 
@@ -313,11 +317,7 @@ def load_run(path: str | os.PathLike) -> tuple[TrainResult, dict[str, Any]]:
     """A checkpoint of :func:`fit` as ``(result, recipe)``, the pair :func:`fit` returns: the raw
     and the EMA network rebuilt from the stored recipe (in eval mode, on the CPU), the loss
     history and the step count."""
-    state = load_checkpoint(path, map_location="cpu")  # staged on the host, moved by generate()
-    config = state.get("config", {})
-    if config.get("kind") != "ddpm-image" or "ema" not in state:
-        raise UsageError(f"{path} is not a 'scoretut ddpm train' checkpoint; pass one written by it")
-    recipe = config["recipe"]
+    state, recipe = read(path, KIND, "scoretut ddpm train")  # staged on the host, moved by generate()
     model, ema = build(recipe), build(recipe)
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])

@@ -16,23 +16,22 @@ Two parametrisations share one module, :class:`ToyScoreModel`:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from scoretut.checkpoint import load_checkpoint
 from scoretut.data.toy2d import sample_dataset
 from scoretut.errors import UsageError
 from scoretut.losses import LOSSES, DSMLoss, EDMLoss, ISMLoss, SSMLoss
 from scoretut.nets.mlp import ScoreMLP
 from scoretut.parametrisation import EDMPrecond, Prediction, prediction_of
+from scoretut.pipelines.recipes import load_model, with_overrides
 from scoretut.runtime import resolve_device
 from scoretut.sampling import Generated, get_sampler, run_steps, timesteps
 from scoretut.sde import SDE
 from scoretut.sde_registry import SDES
-from scoretut.train import DEFAULT_TRAINING, TrainConfig, train
+from scoretut.train import DEFAULT_TRAINING, train, training_config  # noqa: F401 (the 2-D settings, re-exported)
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "data": "swiss_roll",
@@ -50,6 +49,8 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 """The default 2D recipe. ``steps`` is the number of sampler steps (Heun: 2·steps − 1 NFE)."""
 
+KIND = "toy"
+"""The ``kind`` of this pipeline's checkpoints."""
 
 PARAMS = ("edm", "score")
 
@@ -127,12 +128,7 @@ def recipe_with(overrides: dict[str, Any] | None = None, base: dict[str, Any] | 
     ``net`` is merged key by key (``{"net": {"hidden": 64}}`` keeps the other sizes); every other
     value, including ``sde_args`` and ``loss_args``, is replaced whole.
     """
-    recipe = copy.deepcopy(base or DEFAULT_RECIPE)
-    for key, value in copy.deepcopy(overrides or {}).items():
-        if key == "net":
-            recipe[key] = {**recipe[key], **value}
-        else:
-            recipe[key] = value
+    recipe = with_overrides(base or DEFAULT_RECIPE, overrides)
     if recipe["loss"] == "edm" and recipe["param"] != "edm":
         raise UsageError("the EDM loss trains a denoiser; use `param` edm (or another `loss`)")
     return recipe
@@ -143,18 +139,11 @@ def training_data(recipe: dict[str, Any], seed: int) -> Tensor:
     return sample_dataset(recipe["data"], recipe.get("n_data", 100_000), seed=seed)
 
 
-def training_config(steps: int, seed: int = 0, progress: bool = False, **training):
-    """The :class:`scoretut.train.TrainConfig` of :func:`fit`: :data:`DEFAULT_TRAINING` with the
-    ``training`` overrides (it raises :class:`UsageError` for settings that cannot train)."""
-    options = {**DEFAULT_TRAINING, "log_every": max(1, min(50, steps)), **training}
-    return TrainConfig(steps=steps, seed=seed, progress=progress, **options)
-
-
 def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, *, out_dir=None,
         resume: bool = False, device: torch.device | str | None = None, progress: bool = False, **training):
     """Build the recipe's model (seeded) and train it; returns a :class:`scoretut.train.TrainResult`.
 
-    ``training`` overrides :data:`DEFAULT_TRAINING` (``batch_size``, ``lr``, ``ema_decay``,
+    ``training`` overrides :data:`scoretut.train.DEFAULT_TRAINING` (``batch_size``, ``lr``, ``ema_decay``,
     ``ckpt_every``...). The recipe is stored in the checkpoint, so ``scoretut toy sample`` can
     rebuild the model from it alone. ``device=None`` means :func:`scoretut.default_device`.
     """
@@ -163,20 +152,13 @@ def fit(recipe: dict[str, Any] | None = None, steps: int = 1000, seed: int = 0, 
     torch.manual_seed(seed)
     model = build(recipe)
     return train(model, make_loss(recipe, model.sde), training_data(recipe, seed), cfg, out_dir=out_dir,
-                 resume=resume, device=resolve_device(device), config={"kind": "toy", "recipe": recipe})  # fmt: skip
+                 resume=resume, device=resolve_device(device), config={"kind": KIND, "recipe": recipe})  # fmt: skip
 
 
 def load(path, *, ema: bool = True) -> tuple[ToyScoreModel, dict[str, Any]]:
     """``(model, recipe)`` from a checkpoint of :func:`fit`: the model rebuilt from the stored
     recipe with the EMA weights (the raw ones with ``ema=False``), on the CPU."""
-    state = load_checkpoint(path, map_location="cpu")
-    config = state.get("config", {})
-    if config.get("kind") != "toy" or "ema" not in state:
-        raise UsageError(f"{path} is not a 'scoretut toy train' checkpoint; pass one written by it")
-    recipe = config["recipe"]
-    model = build(recipe)
-    model.load_state_dict(state["ema" if ema else "model"])
-    return model, recipe
+    return load_model(path, KIND, "scoretut toy train", build, ema=ema)
 
 
 @torch.no_grad()
