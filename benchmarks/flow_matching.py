@@ -22,6 +22,7 @@ from scoretut import couplings, flow
 from scoretut.pipelines import flow2d, toy2d
 from scoretut.data.toy2d import sample_dataset
 from scoretut.metrics import evaluate_samples
+from scoretut.sampling import steps_for_nfe
 
 BUDGETS = (1, 2, 4, 8, 16)
 
@@ -57,11 +58,11 @@ def main() -> None:
     for name, solver in runs:
         cells = []
         for nfe in BUDGETS:
-            if name != "EDM recipe" and nfe < flow.SOLVERS[solver]:  # not one step fits the budget
+            if name != "EDM recipe" and steps_for_nfe(flow.SOLVERS[solver], nfe) == 0:  # no step fits the budget
                 cells.append(f"{'–':>12}")
                 continue
             if name == "EDM recipe":
-                x = toy2d.generate(edm, toy2d.DEFAULT_RECIPE, 10_000, steps=(nfe + 1) // 2, seed=seed,
+                x = toy2d.generate(edm, toy2d.DEFAULT_RECIPE, 10_000, steps=steps_for_nfe("ode_heun", nfe, saves_last=True), seed=seed,
                                    device=edm_device(edm)).x  # fmt: skip
             else:
                 x = flow2d.generate(models[name], flow2d.DEFAULT_RECIPE, 10_000, nfe=nfe, solver=solver, seed=seed).x

@@ -55,8 +55,9 @@ from scoretut.sde import SDE, ScoreFn, as_time, bcast, ftensor
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 """``velocity(x, t) -> dx/dt``; ``x`` ``(batch, dim)``, ``t`` ``(batch,)`` in flow time."""
 
-SOLVERS = {"euler": 1, "heun": 2}
-"""Solvers of :func:`integrate` and their network evaluations per step."""
+SOLVERS = {"euler": "ode_euler", "heun": "ode_heun"}
+"""Solvers of :func:`integrate`, by the sampler of :mod:`scoretut.sampling` whose steps they take
+(and whose cost per step :func:`scoretut.sampling.nfe_per_step` gives)."""
 
 
 # --------------------------------------------------------------------------- paths
@@ -272,7 +273,7 @@ def integrate(model: VelocityFn, x: Tensor, steps: int, solver: str = "euler", *
     """Solve ``dx/dt = v_θ(x, t)`` from ``t_start`` to ``t_end`` (either direction) in
     ``steps`` uniform steps of :func:`scoretut.sampling.euler_steps` or
     :func:`~scoretut.sampling.heun_steps`, yielding a :class:`~scoretut.sampling.Step` after
-    each (the first is the start). NFE: ``steps × SOLVERS[solver]``."""
+    each (the first is the start). NFE: ``steps ×`` 1 (Euler) or 2 (Heun)."""
     if solver not in SOLVERS:
         raise UsageError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     ts = time_grid(steps, t_start, t_end)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from scoretut.errors import UsageError
 from scoretut.schedules import iddpm_sigmas
-from scoretut.sde import SDE, VPSDE, ScoreFn, as_time, bcast
+from scoretut.sde import SDE, VPSDE, as_time, bcast
 
 
 def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -47,9 +47,9 @@ from torch import Tensor, nn
 
 from scoretut.errors import UsageError
 from scoretut.losses import sample_times
-from scoretut.parametrisation import PREDICTIONS, noise_from_prediction, score_from_noise
+from scoretut.parametrisation import PREDICTIONS, Prediction, noise_from_prediction
 from scoretut.schedules import GammaSDE, NoiseSchedule, alpha_sigma
-from scoretut.sde import as_time, bcast, ftensor
+from scoretut.sde import bcast, ftensor
 
 
 TIME_SCHEMES = ("uniform", "stratified", "antithetic")
@@ -107,14 +107,15 @@ class VDM(nn.Module):
         alpha, sigma = alpha_sigma(gamma)
         return noise_from_prediction(self.prediction, self.net(z, gamma), z, alpha, sigma)
 
-    def noise(self, z: Tensor, t: Tensor) -> Tensor:
-        """``ε̂(z_t; t)``."""
-        return self.noise_from_gamma(z, self.schedule(as_time(t, z)))
+    def prediction_view(self) -> Prediction:
+        """The model as a :class:`~scoretut.parametrisation.Prediction` of :attr:`sde` whose
+        network is ``F(z, γ(t))``, of kind :attr:`prediction`: samplers get ``ε̂``, ``x̂₀`` or ``v̂``
+        from it directly."""
+        return Prediction(self.sde, lambda z, t: self.net(z, self.schedule(t)), self.prediction)
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         """Score ``∇log p_t(z) ≈ −ε̂(z; t)/σ_t``."""
-        gamma = self.schedule(as_time(t, z))
-        return score_from_noise(self.noise_from_gamma(z, gamma), torch.sigmoid(gamma).sqrt())
+        return self.prediction_view().score(z, t)
 
 
 # -- the loss ---------------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
 """Schrödinger bridge matching: couplings, OT costs, the Brownian bridge, integration, training."""
 
-import math
-
 import numpy as np
 import ot
 import pytest

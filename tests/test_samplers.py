@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gaussian import MEAN, exact_flow, exact_score, w2_to_data
+from gaussian import exact_flow, exact_score, w2_to_data
 from scoretut.errors import UsageError
 from scoretut.sampling import (CountingScore, SAMPLERS, Step, gaussian_noise, get_sampler, ode_euler, ode_heun, ode_rk45,
                                run_steps, sample, timesteps)

@@ -9,8 +9,7 @@ from scoretut import schedules, vdm
 from scoretut.errors import UsageError
 from scoretut.losses import DSMLoss
 from scoretut.nets import ScoreMLP
-from scoretut.parametrisation import (Prediction, noise_from_prediction, v_from_noise_x0, x0_from_noise,
-                                      x0_from_v)
+from scoretut.parametrisation import Prediction, noise_from_prediction, v_from_noise_x0, x0_from_v
 from scoretut.pipelines import vdm2d
 
 VAR, DIM = 1.5, 2
@@ -191,9 +190,8 @@ def test_dsm_weights_reproduce_each_prediction_loss(kind):
     alpha, sigma = sde.scale(t)[:, None], sde.std(t)[:, None]
     z = alpha * x + sigma * eps
     with torch.no_grad():
-        eps_hat = model.noise(z, t)
+        eps_hat, x_hat = model.prediction_view().eps_x0(z, t)
         dsm = vdm.dsm_weight(kind, sde, t) / sigma[:, 0] ** 2 * (sigma * model(z, t) + eps).pow(2).sum(1)
-    x_hat = x0_from_noise(z, eps_hat, alpha[:, 0], sigma[:, 0])
     target, pred = {
         "eps": (eps, eps_hat),
         "v": (v_from_noise_x0(eps, x, alpha[:, 0], sigma[:, 0]), v_from_noise_x0(eps_hat, x_hat, alpha[:, 0], sigma[:, 0])),

@@ -11,7 +11,6 @@ the pipeline shape of :mod:`~scoretut.pipelines.toy2d`: :func:`build`, :func:`fi
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +19,7 @@ from scoretut.errors import UsageError
 from scoretut.flow import PATHS, SOLVERS, FlowMatchingLoss, integrate, noise, velocity_net
 from scoretut.pipelines.recipes import Recipe, load_model, with_overrides
 from scoretut.runtime import resolve_device
-from scoretut.sampling import CountingScore, Generated, run_steps
+from scoretut.sampling import CountingScore, Generated, nfe_per_step, run_steps, steps_for_nfe
 from scoretut.train import DEFAULT_TRAINING, TrainResult, train, training_config
 
 KIND = "flow"
@@ -88,18 +87,18 @@ def generate(model: nn.Module, recipe: Recipe, n: int, *, nfe: int | None = None
              seed: int = 0, device: torch.device | str | None = None,
              trajectory_every: int | None = None) -> Generated:  # fmt: skip
     """``n`` samples ``(n, dim)`` from noise drawn with ``seed`` (:func:`scoretut.flow.noise`),
-    carried by the most steps of ``solver`` that cost at most ``nfe`` evaluations,
-    ``⌊nfe / SOLVERS[solver]⌋``: a :class:`~scoretut.sampling.Generated` with the samples, the
-    NFE spent and, with ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last
-    (on the CPU). ``nfe`` and ``solver`` default to the recipe's; ``device=None`` is the
-    model's device."""
+    carried by the most steps of ``solver`` that cost at most ``nfe`` evaluations (1 per Euler
+    step, 2 per Heun step; :func:`scoretut.sampling.steps_for_nfe`): a
+    :class:`~scoretut.sampling.Generated` with the samples, the NFE spent and, with
+    ``trajectory_every = k``, every ``k``-th state ``(t, x)`` and the last (on the CPU).
+    ``nfe`` and ``solver`` default to the recipe's; ``device=None`` is the model's device."""
     solver = solver or recipe["solver"]
     nfe = nfe or recipe["nfe"]
     if solver not in SOLVERS:
         raise UsageError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
-    steps = nfe // SOLVERS[solver]
+    steps = steps_for_nfe(SOLVERS[solver], nfe)
     if steps < 1:
-        cost = SOLVERS[solver]
+        cost = nfe_per_step(SOLVERS[solver])
         raise UsageError(f"{nfe} evaluations buy no {solver} step ({cost} each); give `nfe` >= {cost}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     velocity = CountingScore(model.to(device).eval())

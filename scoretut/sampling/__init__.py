@@ -21,7 +21,6 @@ The shared pieces live in :mod:`~scoretut.sampling.core`, one module per family 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
