@@ -255,10 +255,10 @@ class Prediction:
         """Network evaluations so far, over all views."""
         return self.fn.nfe
 
-    def _denoised(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(s, D(x/s; σ))`` with ``s = s(t)`` broadcast to ``x``."""
-        s = bcast(self.sde.scale(t), x)
-        return s, self.fn(x / s, self.sde.sigma(t))
+    def _denoised(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(s, σ, D(x/s; σ))`` at ``s = s(t)`` (broadcast to ``x``) and ``σ = σ(t)``."""
+        s, sigma = bcast(self.sde.scale(t), x), self.sde.sigma(t)
+        return s, sigma, self.fn(x / s, sigma)
 
     def score(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``∇log p_t(x)``; from a denoiser ``(s D(x/s; σ) − x)/(s² σ²)`` (Tweedie)."""
@@ -266,40 +266,42 @@ class Prediction:
         if self.kind == "score":
             return self.fn(x, t)
         if self.kind == "denoiser":
-            s, D = self._denoised(x, t)
-            return (s * D - x) / (s**2 * bcast(self.sde.sigma(t), x) ** 2)
+            s, sigma, D = self._denoised(x, t)
+            return (s * D - x) / (s**2 * bcast(sigma, x) ** 2)
         alpha, std = self.sde.scale(t), self.sde.std(t)
         return score_from_noise(noise_from_prediction(self.kind, self.fn(x, t), x, alpha, std), std)
 
     __call__ = score
 
-    def eps_x0(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
-        """``(ε̂, x̂₀)`` at ``x_t = x``, from one network evaluation."""
+    def _eps_x0(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(ε̂, x̂₀, α, σ_t)`` at ``x_t = x``, from one network evaluation."""
         t = as_time(t, x)
         alpha, std = self.sde.scale(t), self.sde.std(t)
         if self.kind in ("x0", "denoiser"):
-            x0 = self._denoised(x, t)[1] if self.kind == "denoiser" else self.fn(x, t)
-            return noise_from_x0(x, x0, alpha, std), x0
+            x0 = self._denoised(x, t)[2] if self.kind == "denoiser" else self.fn(x, t)
+            return noise_from_x0(x, x0, alpha, std), x0, alpha, std
         if self.kind == "v":
             v = self.fn(x, t)
-            return noise_from_v(x, v, alpha, std), x0_from_v(x, v, alpha, std)
+            return noise_from_v(x, v, alpha, std), x0_from_v(x, v, alpha, std), alpha, std
         out = self.fn(x, t)
         noise = out if self.kind == "eps" else noise_from_score(out, std)
-        return noise, x0_from_noise(x, noise, alpha, std)
+        return noise, x0_from_noise(x, noise, alpha, std), alpha, std
+
+    def eps_x0(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """``(ε̂, x̂₀)`` at ``x_t = x``, from one network evaluation."""
+        return self._eps_x0(x, t)[:2]
 
     def eps(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``ε̂(x, t)``."""
-        return self.eps_x0(x, t)[0]
+        return self._eps_x0(x, t)[0]
 
     def x0(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``x̂₀(x, t) = E[x₀ | x_t = x]``."""
-        return self.eps_x0(x, t)[1]
+        return self._eps_x0(x, t)[1]
 
     def v(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``v̂ = α ε̂ − σ_t x̂₀``."""
-        t = as_time(t, x)
-        noise, x0 = self.eps_x0(x, t)
-        return v_from_noise_x0(noise, x0, self.sde.scale(t), self.sde.std(t))
+        return v_from_noise_x0(*self._eps_x0(x, t))
 
     def denoise(self, x_hat: Tensor, t: float | Tensor) -> Tensor:
         """``D(x̂; σ(t)) = x̂₀(s x̂, t)``; from a score ``x̂ + σ² s ∇log p_t(s x̂)`` (Tweedie)."""

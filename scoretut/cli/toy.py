@@ -19,7 +19,8 @@ from scoretut.errors import UsageError
 
 def add_parsers(groups) -> None:
     """Add the ``toy`` group to the ``scoretut`` parser (``groups`` = its sub-parsers)."""
-    from scoretut.pipelines.toy2d import DEFAULT_RECIPE, DEFAULT_TRAINING as T
+    from scoretut.pipelines.toy2d import DEFAULT_RECIPE
+    from scoretut.train import DEFAULT_TRAINING as T
 
     toy = groups.add_parser("toy", help="2D toy pipeline: train, sample, evaluate")
     cmds = toy.add_subparsers(dest="cmd", required=True, parser_class=Parser)

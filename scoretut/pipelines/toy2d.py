@@ -31,7 +31,7 @@ from scoretut.runtime import resolve_device
 from scoretut.sampling import Generated, get_sampler, run_steps, timesteps
 from scoretut.sde import SDE
 from scoretut.sde_registry import SDES
-from scoretut.train import DEFAULT_TRAINING, train, training_config  # noqa: F401 (the 2-D settings, re-exported)
+from scoretut.train import train, training_config
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "data": "swiss_roll",

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from scoretut.errors import UsageError
-from scoretut.parametrisation import Prediction, prediction_of
+from scoretut.parametrisation import Prediction, noise_from_x0, prediction_of
 from scoretut.sampling.core import Step, gaussian_noise
 from scoretut.schedules import gaussian_posterior
 from scoretut.sde import SDE, ScoreFn
@@ -68,7 +68,7 @@ def _predict(model: Prediction, x: Tensor, t: float, a_t: float, sd_t: float, cl
     eps, x0 = model.eps_x0(x, t)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
-        eps = (x - a_t * x0) / sd_t
+        eps = noise_from_x0(x, x0, a_t, sd_t)
     return eps, x0
 
 
